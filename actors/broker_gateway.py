@@ -1,0 +1,211 @@
+"""Broker Gateway: the daemon's one door to RabbitMQ.
+
+It consumes the node's queues, decodes every delivery strictly and hands it, wrapped in
+`Delivered`, to the actor named for its concern; that actor answers `Settle` to ack it or
+dead-letter it. Anything undecodable, of the wrong type for its queue, or addressed to a job
+the queue is not for, is dead-lettered here and counted: no actor ever sees it.
+
+It never opens sealed payloads and never waits on an actor.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import time
+from collections.abc import Callable
+
+from runlet import addresses, metrics, wire
+from runlet.broker import Broker, Incoming, QueueSpec
+from runlet.errors import BrokerUnavailable, NoSuchTarget, ProtocolError, RunletError
+from runlet.local import CloseJobQueues, Delivered, OpenJobQueues, Publish, Settle
+from runlet.messages import ControlSent, InputSent, ReplayRequested, StartJob
+from runlet.runtime import Actor, Context
+
+JOB_QUEUE = "job_queue"
+DURABLE_PUBLISH_WINDOW = 3600.0  # seconds a state change is retried before it is given up
+
+Route = Callable[[object], str | None]
+
+
+class BrokerGateway(Actor):
+    """Owns the broker adapter; every coroutine it starts runs on the shared I/O loop."""
+
+    def __init__(self, ctx: Context, name: str = "gateway") -> None:
+        super().__init__(ctx, name)
+        settings = ctx.settings
+        self.user: str = settings.user
+        self.node: str = settings.node
+        self.tags: tuple[str, ...] = tuple(settings.tags)
+        self.broker = Broker(
+            settings.broker.urls,
+            self.user,
+            name=f"runlet-daemon-{self.node}",
+            heartbeat=settings.broker.heartbeat,
+            publish_timeout=settings.broker.publish_timeout,
+            prefetch=settings.broker.prefetch,
+        )
+        self._deliveries: dict[int, Incoming] = {}  # touched on the loop only
+        self._tokens = itertools.count(1)
+
+    def started(self) -> None:
+        self.ctx.loop.submit(self._setup(), self._setup_done)
+
+    def on_stop(self) -> None:
+        if not self.ctx.loop.closed:
+            try:
+                self.ctx.loop.submit(self.broker.close()).result(5)
+            except (concurrent.futures.TimeoutError, RunletError):
+                self.log.warning("broker_close_timed_out")
+
+    def handle(self, message: object) -> None:
+        match message:
+            case Publish():
+                self.ctx.loop.submit(self._publish(message))
+            case Settle(token=token, ok=ok, reason=reason):
+                self.ctx.loop.call(self._settle, token, ok, reason)
+            case OpenJobQueues():
+                self.ctx.loop.submit(self._open_job(message))
+            case CloseJobQueues(job_id=job_id):
+                self.ctx.loop.submit(self._close_job(job_id))
+            case ("setup_failed", str(error)):
+                raise BrokerUnavailable(error)
+            case _:
+                self.unexpected(message)
+
+    # -- on the loop -------------------------------------------------------------------------
+
+    async def _setup(self) -> None:
+        self.log.info("broker_connecting", urls=len(self.broker.urls))
+        await self.broker.connect(wait=float("inf"))
+        self.broker.on_reconnect.append(self._reconnected)
+        node_bindings = (
+            addresses.dispatch_node_key(self.node),
+            addresses.DISPATCH_ALL,
+            *(addresses.dispatch_tag_key(tag) for tag in self.tags),
+        )
+        dispatch = QueueSpec(
+            addresses.dispatch_queue(self.user, self.node), "quorum", node_bindings
+        )
+        any_spec = QueueSpec(addresses.any_queue(self.user), "quorum", (addresses.DISPATCH_ANY,))
+        ledger = QueueSpec(addresses.ledger_queue(self.user), "quorum", addresses.LEDGER_PATTERNS)
+        rpc = QueueSpec(
+            addresses.rpc_queue(self.user, self.node),
+            "exclusive",
+            (addresses.rpc_key(self.node), addresses.RPC_JOBS),
+        )
+        await self.broker.declare(ledger)
+        await self.broker.consume(dispatch, self._handler("dispatch", _route_dispatch))
+        await self.broker.consume(any_spec, self._handler("dispatch.any", _route_dispatch))
+        await self.broker.consume(rpc, self._handler("rpc", _route_rpc))
+        self.log.info("broker_ready", url=self.broker.stats.url)
+
+    def _setup_done(self, future: concurrent.futures.Future[None]) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self.log.error("broker_setup_failed", error=repr(exc))
+            self.actor_ref.tell(("setup_failed", repr(exc)))
+
+    async def _reconnected(self) -> None:
+        metrics.RECONNECTS.inc()
+        self.log.info("broker_reconnected", url=self.broker.stats.url)
+
+    def _handler(self, queue: str, route: Route) -> Callable[[Incoming], object]:
+        async def on_message(incoming: Incoming) -> None:
+            try:
+                msg = wire.decode(incoming.body)
+                target = route(msg)
+                if target is None:
+                    raise ProtocolError(f"{type(msg).__name__} does not belong on {queue} queues")
+            except ProtocolError as exc:
+                self._rejected(queue, "invalid", str(exc))
+                await incoming.reject()
+                return
+            token = next(self._tokens)
+            self._deliveries[token] = incoming
+            delivered = Delivered(
+                token, msg, incoming.reply_to, incoming.correlation_id, incoming.redelivered
+            )
+            if not self.ctx.router.tell(target, delivered):
+                self._deliveries.pop(token, None)
+                self._rejected(queue, "no_receiver", f"nobody handles {target}")
+                await incoming.reject()
+
+        return on_message
+
+    def _job_handler(self, job_id: str, concern: str) -> Callable[[Incoming], object]:
+        def route(msg: object) -> str | None:
+            match msg:
+                case InputSent(job_id=jid) if concern == "input" and jid == job_id:
+                    return f"pty:{job_id}"
+                case ControlSent(job_id=jid) if concern == "control" and jid == job_id:
+                    return JOB_QUEUE
+            return None
+
+        return self._handler(f"job.{concern}", route)
+
+    def _rejected(self, queue: str, reason: str, detail: str) -> None:
+        metrics.REJECTED.labels(queue=queue, reason=reason).inc()
+        self.log.warning("message_rejected", queue=queue, reason=reason, detail=detail)
+
+    def _settle(self, token: int, ok: bool, reason: str) -> None:
+        incoming = self._deliveries.pop(token, None)
+        if incoming is None:
+            return
+        if not ok:
+            self._rejected("actor", "refused", reason)
+        self.ctx.loop.submit(incoming.ack() if ok else incoming.reject())
+
+    async def _publish(self, message: Publish) -> None:
+        deadline = time.monotonic() + DURABLE_PUBLISH_WINDOW if message.durable else None
+        try:
+            await self.broker.publish(
+                message.routing_key,
+                message.body,
+                message_id=message.message_id,
+                durable=message.durable,
+                mandatory=message.mandatory,
+                exchange=message.exchange,
+                correlation_id=message.correlation_id,
+                deadline=deadline,
+            )
+        except (BrokerUnavailable, NoSuchTarget) as exc:
+            kind = "durable" if message.durable else "interactive"
+            metrics.PUBLISH_FAILURES.labels(kind=kind).inc()
+            if message.durable:
+                self.log.error("publish_failed", routing_key=message.routing_key, error=str(exc))
+
+    async def _open_job(self, message: OpenJobQueues) -> None:
+        job_id = message.job_id
+        suffix = f"g{self.broker.generation}"
+        try:
+            if message.control:
+                spec = QueueSpec(
+                    addresses.job_queue(self.user, job_id, "control", suffix),
+                    "exclusive",
+                    (addresses.control_key(job_id),),
+                )
+                await self.broker.consume(spec, self._job_handler(job_id, "control"))
+            if message.input:
+                spec = QueueSpec(
+                    addresses.job_queue(self.user, job_id, "input", suffix),
+                    "exclusive",
+                    (addresses.input_key(job_id),),
+                )
+                await self.broker.consume(spec, self._job_handler(job_id, "input"))
+        except BrokerUnavailable as exc:
+            # restored on reconnect: the spec is remembered by the adapter
+            self.log.warning("job_queues_deferred", job=job_id, error=str(exc))
+
+    async def _close_job(self, job_id: str) -> None:
+        prefix = addresses.job_queue(self.user, job_id, "")
+        for name in self.broker.known_queues(prefix):
+            await self.broker.forget(name, delete=True)
+
+
+def _route_dispatch(msg: object) -> str | None:
+    return JOB_QUEUE if isinstance(msg, StartJob) else None
+
+
+def _route_rpc(msg: object) -> str | None:
+    return JOB_QUEUE if isinstance(msg, ReplayRequested) else None

@@ -1,0 +1,287 @@
+"""Job Queue: accepts jobs into the durable journal, in FIFO order, and drives their states.
+
+The rule that makes a dispatch safe: the dispatch message is acked only after the job is
+committed to the journal. A redelivered dispatch finds its id there and is acked and dropped,
+so a job never runs twice. On start it resumes `queued` jobs in their order and reports the
+ones the previous process was running as `interrupted` (DESIGN.md §4).
+
+Every state change is journaled first, then published on `job.<id>.state` (durable).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runlet import addresses, metrics, wire
+from runlet.errors import CryptoError, ProtocolError, StorageError
+from runlet.journal import Journal, JournalEntry
+from runlet.local import (
+    ChildDied,
+    CloseJobQueues,
+    Delivered,
+    OpenJobQueues,
+    OpenLog,
+    Publish,
+    ReleaseSlot,
+    Replay,
+    RequestSlot,
+    ResizeSession,
+    SessionEnded,
+    SessionStarted,
+    Settle,
+    SignalSession,
+    SlotGranted,
+    StartSession,
+    Terminate,
+)
+from runlet.messages import ControlSent, JobStateChanged, ReplayRequested, StartJob
+from runlet.payloads import Control, JobSpec
+from runlet.runtime import GATEWAY, Actor, Context, supervise
+
+GOVERNOR = "governor"
+VAULT = "vault"
+
+
+class JobQueue(Actor):
+    """Owns the journal; the only actor that changes a job's state."""
+
+    def __init__(self, ctx: Context, name: str = "job_queue") -> None:
+        super().__init__(ctx, name)
+        settings = ctx.settings
+        self.node: str = settings.node
+        self.user: str = settings.user
+        self.grace: float = settings.jobs.grace_seconds
+        self.fleet_key = ctx.services["fleet_key"]
+        self.session_factory = ctx.services["session_factory"]
+        self.journal_path = settings.data_dir / "journal.sqlite3"
+        self.journal: Journal | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def started(self) -> None:
+        self.journal = Journal(self.journal_path)
+        now = self.ctx.clock()
+        for entry in self.journal.running():
+            self.log.warning("job_interrupted", job=entry.job_id)
+            self._change(entry.job_id, "interrupted", detail="the daemon stopped while it ran")
+            self.ctx.router.tell(VAULT, OpenLog(entry.job_id, finalise=True))
+        for entry in self.journal.queued():
+            self.log.info(
+                "job_resumed",
+                job=entry.job_id,
+                queued_for=round(now - (entry.accepted_at or now), 1),
+            )
+            self._queue(entry.job_id)
+        metrics.JOBS_RUNNING.set(0)
+
+    def on_stop(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+
+    @property
+    def _journal(self) -> Journal:
+        assert self.journal is not None
+        return self.journal
+
+    def handle(self, message: object) -> None:
+        match message:
+            case Delivered(message=StartJob() as request):
+                self._accept(message, request)
+            case Delivered(message=ControlSent() as control):
+                self._control(message, control)
+            case Delivered(message=ReplayRequested() as ask):
+                self._replay(message, ask)
+            case SlotGranted(job_id=job_id):
+                self._start(job_id)
+            case SessionStarted(job_id=job_id):
+                self._running(job_id)
+            case SessionEnded():
+                self._ended(message)
+            case ChildDied(name=name, error=error) if name.startswith("pty:"):
+                self._session_crashed(name.removeprefix("pty:"), error)
+            case _:
+                self.unexpected(message)
+
+    # -- accepting ---------------------------------------------------------------------------
+
+    def _accept(self, delivery: Delivered, request: StartJob) -> None:
+        job_id = request.job_id
+        if request.fans_out:
+            job_id = addresses.child_job_id(job_id, self.node)
+        ok, reason = self._check(request)
+        now = self.ctx.clock()
+        if not self._journal.accept(job_id, wire.encode(request), now):
+            self._settle(delivery, ok, reason)  # a redelivery of a job we already hold
+            return
+        if not ok:
+            self.log.warning("job_refused", job=job_id, reason=reason)
+            self._settle(delivery, False, reason)
+            self._change(job_id, "rejected", target=request.target, detail=reason)
+            return
+        self._settle(delivery, True)
+        self._change(job_id, "queued", target=request.target)
+        if request.deadline is not None and request.deadline < now:
+            self._change(job_id, "expired", detail="its deadline passed before the node got it")
+            return
+        self._queue(job_id)
+
+    def _check(self, request: StartJob) -> tuple[bool, str]:
+        if request.user != self.user:
+            return False, f"job for user {request.user!r} on a queue of {self.user!r}"
+        try:
+            JobSpec.open(self.fleet_key.job_key(request.job_id), request.sealed_command)
+        except (CryptoError, ProtocolError) as exc:
+            return False, str(exc)
+        return True, ""
+
+    def _queue(self, job_id: str) -> None:
+        self.ctx.router.tell(GATEWAY, OpenJobQueues(job_id, input=False, control=True))
+        self.ctx.router.tell(GOVERNOR, RequestSlot(job_id))
+
+    # -- running -----------------------------------------------------------------------------
+
+    def _start(self, job_id: str) -> None:
+        entry = self._journal.get(job_id)
+        if entry is None or entry.state != "queued":
+            self.ctx.router.tell(GOVERNOR, ReleaseSlot(job_id))
+            return
+        request = wire.decode_as(entry.request, StartJob)
+        if request.deadline is not None and request.deadline < self.ctx.clock():
+            self._finish(job_id, "expired", detail="its deadline passed while it waited")
+            return
+        self.ctx.router.tell(GATEWAY, OpenJobQueues(job_id, input=True, control=False))
+        name = f"pty:{job_id}"
+        factory = self.session_factory
+        supervise(
+            self.ctx,
+            name,
+            lambda: factory(self.ctx, name, StartSession(job_id, entry.request)),
+            permanent=False,
+            notify=self.name,
+        )
+
+    def _running(self, job_id: str) -> None:
+        entry = self._change(job_id, "running")
+        if entry is None:
+            return
+        request = wire.decode_as(entry.request, StartJob)
+        metrics.DISPATCH_TO_START.observe(max(0.0, self.ctx.clock() - request.submitted_at))
+        metrics.JOBS_RUNNING.inc()
+
+    def _ended(self, ended: SessionEnded) -> None:
+        entry = self._journal.get(ended.job_id)
+        if entry is None:
+            return
+        status = ended.status
+        if entry.state == "running":
+            metrics.JOBS_RUNNING.dec()
+        if ended.how == "failed":
+            state = "rejected" if entry.state == "queued" else "interrupted"
+            self._finish(ended.job_id, state, detail=ended.detail)
+            return
+        code = status.code if status else None
+        sig = status.signal if status else None
+        self._finish(ended.job_id, ended.how, exit_code=code, signal=sig, detail=ended.detail)
+        self.log.info("job_finished", job=ended.job_id, state=ended.how, exit_code=code, signal=sig)
+
+    def _session_crashed(self, job_id: str, error: str) -> None:
+        entry = self._journal.get(job_id)
+        if entry is None or entry.state not in ("queued", "running"):
+            return
+        if entry.state == "running":
+            metrics.JOBS_RUNNING.dec()
+        self._finish(job_id, "interrupted", detail=f"its session crashed: {error}")
+        self.ctx.router.tell(VAULT, OpenLog(job_id, finalise=True))
+
+    def _finish(self, job_id: str, state: str, **details: Any) -> None:
+        self._change(job_id, state, **details)
+        self.ctx.router.tell(GOVERNOR, ReleaseSlot(job_id))
+        self.ctx.router.tell(GATEWAY, CloseJobQueues(job_id))
+
+    # -- control and replay ------------------------------------------------------------------
+
+    def _control(self, delivery: Delivered, sent: ControlSent) -> None:
+        job_id = sent.job_id
+        try:
+            control = Control.open(
+                self.fleet_key.job_key(job_id), sent.viewer, sent.seq, sent.sealed
+            )
+        except (CryptoError, ProtocolError) as exc:
+            self._settle(delivery, False, str(exc))
+            return
+        self._settle(delivery, True)
+        entry = self._journal.get(job_id)
+        if entry is None:
+            return
+        session = f"pty:{job_id}"
+        match control.op:
+            case "cancel" if entry.state == "queued":
+                self._finish(job_id, "cancelled", detail="cancelled before it started")
+            case "cancel" if entry.state == "running":
+                self.ctx.router.tell(session, Terminate(job_id, self.grace, "cancelled"))
+            case "resize" if entry.state == "running":
+                self.ctx.router.tell(session, ResizeSession(job_id, control.rows, control.cols))
+            case "signal" if entry.state == "running":
+                self.ctx.router.tell(session, SignalSession(job_id, control.signal))
+            case _:
+                self.log.info("control_ignored", job=job_id, op=control.op, state=entry.state)
+
+    def _replay(self, delivery: Delivered, ask: ReplayRequested) -> None:
+        self._settle(delivery, True)
+        entry = self._journal.get(ask.job_id)
+        if entry is None or delivery.reply_to is None:
+            return  # not ours: the node holding it answers
+        self.ctx.router.tell(
+            VAULT,
+            Replay(
+                ask.job_id,
+                ask.from_seq,
+                delivery.reply_to,
+                delivery.correlation_id,
+                entry.state,
+                entry.exit_code,
+                entry.signal,
+            ),
+        )
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _change(
+        self, job_id: str, state: str, *, target: str = "", **details: Any
+    ) -> JournalEntry | None:
+        try:
+            entry = (
+                self._journal.mark(job_id, state, self.ctx.clock(), **details)
+                if state != "queued"
+                else self._journal.get(job_id)
+            )
+        except (ValueError, StorageError) as exc:
+            self.log.error("job_state_refused", job=job_id, state=state, error=str(exc))
+            return None
+        if entry is None:
+            return None
+        metrics.JOBS.labels(state=state).inc()
+        event = JobStateChanged(
+            job_id,
+            self.node,
+            state,
+            entry.state_seq,
+            self.ctx.clock(),
+            target,
+            entry.exit_code,
+            entry.signal,
+            entry.detail,
+        )
+        self.ctx.router.publish(
+            Publish(
+                addresses.state_key(job_id),
+                wire.encode(event),
+                message_id=f"{job_id}:{entry.state_seq}",
+                durable=True,
+                mandatory=True,
+            )
+        )
+        return entry
+
+    def _settle(self, delivery: Delivered, ok: bool, reason: str = "") -> None:
+        self.ctx.router.tell(GATEWAY, Settle(delivery.token, ok, reason))

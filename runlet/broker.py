@@ -1,0 +1,478 @@
+"""The RabbitMQ adapter: one connection with failover, two channels, declared topology restored.
+
+Runs on the asyncio loop only. What it guarantees, and why:
+
+- **Failover.** It connects to the configured URLs in turn and, when the connection dies, moves
+  to the next one, re-declares every queue and binding it was asked for and re-starts every
+  consumer (aio-pika's robust connection takes one URL only, and restores no publish).
+- **Durable publishes** go on a channel with publisher confirms and `on_return_raises`, as
+  persistent messages. A publish caught by an outage is retried with the *same* message id
+  until it is confirmed or its deadline passes, so consumers must drop duplicates by id.
+- **Interactive publishes** (keystrokes, output) go on a second channel without confirms, in
+  order, written at once: a quorum queue costs tens of milliseconds a message, this about one.
+- An unroutable mandatory publish raises `NoSuchTarget`: that is how a client learns at once
+  that no node serves a target.
+
+aio-pika and aiormq exceptions never leave this module: they become `BrokerUnavailable` or
+`NoSuchTarget`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+
+from runlet import addresses, metrics
+from runlet.errors import BrokerUnavailable, ClosedError, NoSuchTarget
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[["Incoming"], Awaitable[None]]
+_BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A queue the adapter declares, binds and (re)declares after every reconnect."""
+
+    name: str
+    kind: str = "classic"  # "quorum" | "classic" | "exclusive"
+    bindings: tuple[str, ...] = ()
+    exchange: str | None = None  # binding exchange; None → the user's exchange
+    dead_letter: bool = True
+    arguments: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(slots=True)
+class Statistics:
+    """What the adapter has been through, for metrics and tests."""
+
+    connects: int = 0
+    reconnects: int = 0
+    publish_retries: int = 0
+    returned: int = 0
+    url: str = ""
+
+
+class Incoming:
+    """One delivery; settle it exactly once with `ack()` or `reject()`."""
+
+    __slots__ = ("_broker", "_generation", "_msg")
+
+    def __init__(self, msg: AbstractIncomingMessage, broker: Broker, generation: int) -> None:
+        self._msg = msg
+        self._broker = broker
+        self._generation = generation
+
+    @property
+    def body(self) -> bytes:
+        return self._msg.body
+
+    @property
+    def message_id(self) -> str | None:
+        return self._msg.message_id
+
+    @property
+    def reply_to(self) -> str | None:
+        return self._msg.reply_to
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self._msg.correlation_id
+
+    @property
+    def redelivered(self) -> bool:
+        return bool(self._msg.redelivered)
+
+    @property
+    def routing_key(self) -> str:
+        return self._msg.routing_key or ""
+
+    async def ack(self) -> None:
+        await self._settle(self._msg.ack)
+
+    async def reject(self) -> None:
+        """Refuse for good: the queue's dead-letter exchange gets it."""
+        await self._settle(lambda: self._msg.reject(requeue=False))
+
+    async def _settle(self, action: Callable[[], Awaitable[None]]) -> None:
+        if self._generation != self._broker.generation:
+            return  # its channel is gone; the broker redelivers it and dedupe drops it
+        with contextlib.suppress(*_BROKER_ERRORS, aio_pika.exceptions.MessageProcessError):
+            await action()
+
+
+@dataclass(slots=True)
+class _Consumer:
+    spec: QueueSpec
+    handler: Handler
+    tag: str = ""
+    queue: AbstractQueue | None = None
+
+
+@dataclass(slots=True)
+class _Topology:
+    queues: dict[str, QueueSpec] = field(default_factory=dict)
+    consumers: dict[str, _Consumer] = field(default_factory=dict)
+
+
+class Broker:
+    """A failover AMQP connection for one user's exchange."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        user: str,
+        *,
+        name: str = "runlet",
+        heartbeat: int = 10,
+        publish_timeout: float = 10.0,
+        prefetch: int = 64,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one broker URL is needed")
+        self.urls = tuple(urls)
+        self.user = user
+        self.name = name
+        self.heartbeat = heartbeat
+        self.publish_timeout = publish_timeout
+        self.prefetch = prefetch
+        self.connect_timeout = connect_timeout
+        self.generation = 0
+        self.stats = Statistics()
+        self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
+        self._url_cycle = itertools.cycle(range(len(self.urls)))
+        self._topology = _Topology()
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._connection: AbstractConnection | None = None
+        self._durable: AbstractChannel | None = None
+        self._fast: AbstractChannel | None = None
+        self._exchanges: dict[tuple[str, bool], AbstractExchange] = {}
+        self._supervisor: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self._fast_lock = asyncio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def connect(self, *, wait: float | None = None) -> None:
+        """Connect to the first reachable URL; keep reconnecting in the background after.
+
+        With `wait` None, a broker that cannot be reached now raises `BrokerUnavailable`;
+        otherwise the call waits up to `wait` seconds for one to come up.
+        """
+        if self._closed:
+            raise ClosedError("broker adapter is closed")
+        deadline = None if wait is None else time.monotonic() + wait
+        last: BaseException | None = None
+        while True:
+            for _ in self.urls:
+                try:
+                    await self._open(self.urls[next(self._url_cycle)])
+                except _BROKER_ERRORS as exc:
+                    last = exc
+                    continue
+                self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+                return
+            if deadline is None or time.monotonic() >= deadline:
+                raise BrokerUnavailable(
+                    f"cannot reach RabbitMQ at {', '.join(_safe(u) for u in self.urls)}: {last}"
+                ) from last
+            await asyncio.sleep(0.5)
+
+    async def close(self) -> None:
+        """Close the connection; idempotent. Pending publishes fail with ClosedError."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ready.set()
+        self._lost.set()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self._connection is not None:
+            with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+                await self._connection.close()
+
+    async def wait_ready(self, timeout: float) -> None:
+        if self._ready.is_set() and not self._closed:
+            return  # no suspension: ordered publishes must not be reordered here
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError as exc:
+            raise BrokerUnavailable(f"RabbitMQ unreachable for {timeout:.0f} s") from exc
+        if self._closed:
+            raise ClosedError("broker adapter is closed")
+
+    async def _open(self, url: str) -> None:
+        conn = await aio_pika.connect(
+            url,
+            timeout=self.connect_timeout,
+            heartbeat=self.heartbeat,
+            client_properties={"connection_name": self.name},
+        )
+        try:
+            durable = await conn.channel(publisher_confirms=True, on_return_raises=True)
+            fast = await conn.channel(publisher_confirms=False)
+            await durable.set_qos(prefetch_count=self.prefetch)
+            await fast.set_qos(prefetch_count=self.prefetch)
+        except BaseException:
+            await conn.close()
+            raise
+        self._lost = asyncio.Event()
+        lost = self._lost
+        conn.close_callbacks.add(lambda *_: lost.set())
+        self._connection, self._durable, self._fast = conn, durable, fast
+        self._exchanges.clear()
+        self.generation += 1
+        self.stats.connects += 1
+        self.stats.url = _safe(url)
+        await self._restore()
+        self._ready.set()
+        log.info("broker_connected", url=_safe(url), generation=self.generation)
+
+    async def _restore(self) -> None:
+        await self._declare_user_exchanges()
+        for spec in list(self._topology.queues.values()):
+            await self._declare(spec)
+        for consumer in list(self._topology.consumers.values()):
+            await self._start_consumer(consumer)
+
+    async def _supervise(self) -> None:
+        while not self._closed:
+            await self._lost.wait()
+            if self._closed:
+                return
+            self._ready.clear()
+            log.warning("broker_connection_lost", url=self.stats.url)
+            await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        while not self._closed:
+            url = self.urls[next(self._url_cycle)]
+            try:
+                await self._open(url)
+            except _BROKER_ERRORS as exc:
+                log.warning("broker_reconnect_failed", url=_safe(url), error=str(exc))
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+                continue
+            self.stats.reconnects += 1
+            for callback in list(self.on_reconnect):
+                await callback()
+            return
+
+    # -- topology ----------------------------------------------------------------------------
+
+    async def _declare_user_exchanges(self) -> None:
+        channel = self._channel(durable=True)
+        await channel.declare_exchange(
+            addresses.exchange(self.user), aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        dlx = await channel.declare_exchange(
+            addresses.dead_letter_exchange(self.user), aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dead = await channel.declare_queue(
+            addresses.dead_letter_queue(self.user),
+            durable=True,
+            arguments={"x-queue-type": "quorum"},
+        )
+        await dead.bind(dlx, routing_key="")
+
+    async def declare(self, spec: QueueSpec) -> None:
+        """Declare and bind a queue now and after every reconnect."""
+        self._topology.queues[spec.name] = spec
+        await self._with_broker(self._declare(spec))
+
+    async def forget(self, name: str, *, delete: bool = False) -> None:
+        """Stop restoring a queue (and its consumer); optionally delete it now."""
+        self._topology.queues.pop(name, None)
+        consumer = self._topology.consumers.pop(name, None)
+        if consumer is not None and consumer.queue is not None and consumer.tag:
+            with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+                await consumer.queue.cancel(consumer.tag)
+        if delete and self._ready.is_set():
+            with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+                await self._channel(durable=True).queue_delete(name)
+
+    async def _declare(self, spec: QueueSpec) -> AbstractQueue:
+        channel = self._channel(durable=spec.kind == "quorum")
+        arguments: dict[str, Any] = dict(spec.arguments)
+        if spec.dead_letter:
+            arguments["x-dead-letter-exchange"] = addresses.dead_letter_exchange(self.user)
+        if spec.kind == "quorum":
+            arguments["x-queue-type"] = "quorum"
+        queue = await channel.declare_queue(
+            spec.name,
+            durable=spec.kind == "quorum",
+            exclusive=spec.kind == "exclusive",
+            auto_delete=spec.kind == "exclusive",
+            arguments=arguments,
+        )
+        exchange_name = spec.exchange or addresses.exchange(self.user)
+        for key in spec.bindings:
+            await queue.bind(exchange_name, routing_key=key)
+        return queue
+
+    def known_queues(self, prefix: str) -> list[str]:
+        """Names of the queues this adapter restores that start with `prefix`."""
+        return [name for name in self._topology.queues if name.startswith(prefix)]
+
+    async def queue_info(self, name: str) -> tuple[int, int] | None:
+        """(messages, consumers) of an existing queue, or None when there is no such queue."""
+        await self.wait_ready(self.publish_timeout)
+        assert self._connection is not None
+        probe = await self._connection.channel(publisher_confirms=False)
+        try:
+            queue = await probe.declare_queue(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        except _BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot look up queue {name}: {exc}") from exc
+        finally:
+            with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+                await probe.close()
+        result = queue.declaration_result
+        return int(result.message_count or 0), int(result.consumer_count or 0)
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    async def consume(self, spec: QueueSpec, handler: Handler) -> None:
+        """Declare `spec` and deliver its messages to `handler`, across reconnects."""
+        self._topology.queues[spec.name] = spec
+        consumer = _Consumer(spec, handler)
+        self._topology.consumers[spec.name] = consumer
+        await self._with_broker(self._start_consumer(consumer))
+
+    async def _start_consumer(self, consumer: _Consumer) -> None:
+        queue = await self._declare(consumer.spec)
+        generation = self.generation
+        handler = consumer.handler
+
+        async def on_message(msg: AbstractIncomingMessage) -> None:
+            await handler(Incoming(msg, self, generation))
+
+        consumer.queue = queue
+        consumer.tag = await queue.consume(on_message, no_ack=False)
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        durable: bool = True,
+        mandatory: bool = True,
+        exchange: str | None = None,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        """Publish; durable ones are confirmed and retried with the same id until `deadline`.
+
+        `deadline` is a `time.monotonic()` instant; it defaults to now + publish_timeout.
+        """
+        message = aio_pika.Message(
+            body,
+            message_id=message_id,
+            content_type="application/msgpack",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+            if durable
+            else aio_pika.DeliveryMode.NOT_PERSISTENT,
+            reply_to=reply_to,
+            correlation_id=correlation_id,
+        )
+        name = addresses.exchange(self.user) if exchange is None else exchange
+        if not durable:
+            await self._publish_fast(name, routing_key, message, mandatory)
+            return
+        end = deadline if deadline is not None else time.monotonic() + self.publish_timeout
+        await self._publish_confirmed(name, routing_key, message, mandatory, end)
+
+    async def _publish_fast(
+        self, name: str, routing_key: str, message: aio_pika.Message, mandatory: bool
+    ) -> None:
+        await self.wait_ready(self.publish_timeout)
+        try:
+            async with self._fast_lock:
+                exchange = await self._exchange(name, durable=False)
+                await exchange.publish(message, routing_key, mandatory=mandatory)
+        except _BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"publish to {routing_key} failed: {exc}") from exc
+
+    async def _publish_confirmed(
+        self, name: str, routing_key: str, message: aio_pika.Message, mandatory: bool, end: float
+    ) -> None:
+        delay = 0.05
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise BrokerUnavailable(f"publish to {routing_key} not confirmed in time")
+            try:
+                await self.wait_ready(remaining)
+                exchange = await self._exchange(name, durable=True)
+                async with asyncio.timeout(max(0.1, end - time.monotonic())):
+                    await exchange.publish(message, routing_key, mandatory=mandatory)
+                return
+            except aio_pika.exceptions.PublishError as exc:
+                self.stats.returned += 1
+                raise NoSuchTarget(routing_key) from exc
+            except _BROKER_ERRORS as exc:
+                self.stats.publish_retries += 1
+                metrics.PUBLISH_RETRIES.inc()
+                log.warning("publish_retried", routing_key=routing_key, error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _exchange(self, name: str, *, durable: bool) -> AbstractExchange:
+        key = (name, durable)
+        exchange = self._exchanges.get(key)
+        if exchange is None:
+            channel = self._channel(durable=durable)
+            exchange = channel.default_exchange if name == "" else await channel.get_exchange(name)
+            self._exchanges[key] = exchange
+        return exchange
+
+    def _channel(self, *, durable: bool) -> AbstractChannel:
+        channel = self._durable if durable else self._fast
+        if channel is None:
+            raise BrokerUnavailable("not connected to RabbitMQ")
+        return channel
+
+    async def _with_broker(self, coro: Awaitable[Any]) -> Any:
+        try:
+            return await coro
+        except _BROKER_ERRORS as exc:
+            raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"

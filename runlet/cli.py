@@ -1,0 +1,310 @@
+"""`runlet`: the command line, and the composition root that picks a role from the config.
+
+Exit statuses: a job's own status for `run` and `attach` (128+N when a signal N ended it;
+124 timed out; 75 expired, interrupted or lost; 65 rejected); otherwise 0 success, 64 bad
+usage, 65 bad data, 68 no such node or job, 69 broker unavailable, 77 key problem, 78 bad
+config, 130 interrupted by the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from runlet import __version__
+from runlet.config import Config, describe_keys, load_config
+from runlet.errors import EXIT_USAGE, ConfigError, RunletError
+
+EPILOG = """\
+config: -c/--config FILE, or the RUNLET_CONFIG environment variable.
+The config's `role` decides what `runlet start` runs (daemon).
+Detach from an attached job with Ctrl-] (press it twice to send it to the job).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runlet",
+        description="Run shell jobs on a fleet of devices and drive their terminals from anywhere.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-c", "--config", help="config file (default: $RUNLET_CONFIG)")
+    parser.add_argument("--version", action="version", version=f"runlet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    start = sub.add_parser("start", help="run this device's daemon in the foreground")
+    start.set_defaults(func=cmd_start)
+
+    run = sub.add_parser(
+        "run",
+        help="run a command on a node and follow it in this terminal",
+        description="Run a command in a pseudo-terminal on a node. One argument containing "
+        "shell syntax runs through the node's shell; several are an argv.",
+    )
+    run.add_argument(
+        "--on",
+        default="",
+        metavar="TARGET",
+        help="NODE, any (next free node), all (every node), tag:TAG; default: this node",
+    )
+    run.add_argument("-d", "--detach", action="store_true", help="print the job id and return")
+    run.add_argument(
+        "--deadline",
+        type=_seconds,
+        metavar="SECONDS",
+        help="give up if the job has not started this many seconds from now (expired)",
+    )
+    run.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="end the job (SIGTERM, grace, SIGKILL) after it ran this long",
+    )
+    run.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set an environment variable for the job (repeatable)",
+    )
+    run.add_argument("--cwd", help="working folder on the node")
+    run.add_argument("--json", action="store_true", help="with --detach: print JSON")
+    run.add_argument("--detach-key", default="ctrl-]", help="key that detaches (default ctrl-])")
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+    run.set_defaults(func=cmd_run)
+
+    attach = sub.add_parser(
+        "attach", help="follow a running or finished job: screen so far, then live"
+    )
+    attach.add_argument("job_id")
+    attach.add_argument("--read-only", action="store_true", help="watch without typing")
+    attach.add_argument("--detach-key", default="ctrl-]", help="key that detaches (default ctrl-])")
+    attach.set_defaults(func=cmd_attach)
+
+    send = sub.add_parser("send", help="type text into a running job (\\r, \\n, \\t, \\e, \\xNN)")
+    send.add_argument("job_id")
+    send.add_argument("text")
+    send.set_defaults(func=cmd_send)
+
+    cancel = sub.add_parser("cancel", help="end a job: SIGTERM, grace period, then SIGKILL")
+    cancel.add_argument("job_id")
+    cancel.add_argument("--no-wait", action="store_true", help="do not wait for the job to end")
+    cancel.set_defaults(func=cmd_cancel)
+
+    key = sub.add_parser("key", help="the fleet key shared by this user's devices")
+    key_sub = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+    k_init = key_sub.add_parser("init", help="make a new fleet key at crypto.key_file")
+    k_init.add_argument("--force", action="store_true", help="replace an existing key")
+    k_init.set_defaults(func=cmd_key_init)
+    key_sub.add_parser(
+        "export", help="print the key as one line, to import on another device"
+    ).set_defaults(func=cmd_key_export)
+    k_import = key_sub.add_parser("import", help="store a key read from standard input")
+    k_import.add_argument("--force", action="store_true", help="replace an existing key")
+    k_import.set_defaults(func=cmd_key_import)
+    key_sub.add_parser("show", help="print the key's fingerprint (safe to share)").set_defaults(
+        func=cmd_key_show
+    )
+
+    check = sub.add_parser("check-config", help="validate a config file and print what it sets")
+    check.add_argument("file")
+    check.add_argument("--json", action="store_true", help="print the settings as JSON")
+    check.set_defaults(func=cmd_check_config)
+
+    keys = sub.add_parser("config-keys", help="list every config key with its default")
+    keys.set_defaults(func=cmd_config_keys)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except RunletError as exc:
+        print(f"runlet: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("runlet: interrupted", file=sys.stderr)
+        return 130
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < 10 * 365 * 86400:
+        raise argparse.ArgumentTypeError(f"seconds out of range: {text}")
+    return value
+
+
+def _config(args: argparse.Namespace, *, daemon: bool = False) -> Config:
+    config = load_config(args.config)
+    from runlet.logging import configure
+
+    # a client's terminal belongs to the job it shows: only warnings and errors go to stderr
+    level = config.log.level if daemon or config.log.level == "debug" else "warning"
+    configure(level, config.log.format)
+    return config
+
+
+def _fleet_key(config: Config) -> Any:
+    from runlet.crypto import FleetKey
+
+    return FleetKey.load(config.crypto.key_file)
+
+
+# -- roles --------------------------------------------------------------------------------
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    config = _config(args, daemon=True)
+    if config.role != "daemon":
+        raise ConfigError(
+            "role",
+            f"`runlet start` runs a daemon, but this config's role is {config.role!r}",
+            source=config.source,
+        )
+    from runlet.daemon import run_daemon
+
+    return run_daemon(config)
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from runlet.commands import run_job
+
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print(
+            "runlet run: give the command after --, e.g. runlet run --on edge-2 -- uptime",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    env = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name or "\0" in item:
+            print(f"runlet run: --env wants KEY=VALUE, got {item!r}", file=sys.stderr)
+            return EXIT_USAGE
+        env[name] = value
+    config = _config(args)
+    return asyncio.run(run_job(config, _fleet_key(config), args, argv, env))
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from runlet.commands import attach_job
+
+    config = _config(args)
+    return asyncio.run(attach_job(config, _fleet_key(config), args))
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from runlet.commands import send_text
+
+    config = _config(args)
+    return asyncio.run(send_text(config, _fleet_key(config), args.job_id, args.text))
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from runlet.commands import cancel_job
+
+    config = _config(args)
+    return asyncio.run(cancel_job(config, _fleet_key(config), args.job_id, wait=not args.no_wait))
+
+
+# -- keys and config ----------------------------------------------------------------------
+
+
+def cmd_key_init(args: argparse.Namespace) -> int:
+    from runlet.crypto import FleetKey
+
+    config = _config(args)
+    key = FleetKey.generate()
+    key.save(config.crypto.key_file, overwrite=args.force)
+    print(f"fleet key {key.fingerprint()} written to {config.crypto.key_file}")
+    print("copy it to your other devices with `runlet key export` / `runlet key import`")
+    return 0
+
+
+def cmd_key_export(args: argparse.Namespace) -> int:
+    print(_fleet_key(_config(args)).export_text())
+    return 0
+
+
+def cmd_key_import(args: argparse.Namespace) -> int:
+    from runlet.crypto import FleetKey
+
+    config = _config(args)
+    text = sys.stdin.read(8192)
+    key = FleetKey.import_text(text)
+    key.save(config.crypto.key_file, overwrite=args.force)
+    print(f"fleet key {key.fingerprint()} written to {config.crypto.key_file}")
+    return 0
+
+
+def cmd_key_show(args: argparse.Namespace) -> int:
+    print(_fleet_key(_config(args)).fingerprint())
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    if args.json:
+        print(json.dumps(_config_dict(config), indent=2))
+    else:
+        print(
+            f"{args.file}: ok — role {config.role}, node {config.node}, user {config.user}, "
+            f"{len(config.broker.urls)} broker URL(s), max_parallel {config.jobs.max_parallel}"
+        )
+    return 0
+
+
+def cmd_config_keys(args: argparse.Namespace) -> int:
+    for dotted, kind, meaning in describe_keys():
+        print(f"{dotted:24} {kind:32} {meaning}")
+    return 0
+
+
+def _config_dict(config: Config) -> dict[str, Any]:
+    from runlet.broker import _safe
+
+    return {
+        "role": config.role,
+        "user": config.user,
+        "node": config.node,
+        "data_dir": str(config.data_dir),
+        "tags": list(config.tags),
+        "broker": {
+            "urls": [_safe(u) for u in config.broker.urls],
+            "heartbeat": config.broker.heartbeat,
+            "publish_timeout": config.broker.publish_timeout,
+            "prefetch": config.broker.prefetch,
+        },
+        "jobs": {
+            "max_parallel": config.jobs.max_parallel,
+            "shell": config.jobs.shell,
+            "grace_seconds": config.jobs.grace_seconds,
+            "max_load": config.jobs.max_load,
+        },
+        "crypto": {"key_file": str(config.crypto.key_file)},
+        "log": {"level": config.log.level, "format": config.log.format},
+        "source": config.source,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main(os.sys.argv[1:]))

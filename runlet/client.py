@@ -1,0 +1,282 @@
+"""The client side of the fleet: submit jobs, watch them, type into them, cancel them.
+
+A client is a short-lived process with the same config as a daemon; it talks to the broker
+itself, so a laptop needs no daemon to drive the fleet. Everything here runs on one asyncio
+loop (no actors: a client owns no long-lived state).
+
+How a target is checked before anything is sent (a job for nobody is an error at once):
+- `node:N` — N's dispatch queue must exist (N has run at least once); with no consumer, N is
+  offline and the job waits in its queue, up to the deadline;
+- `any` — the shared queue must exist; `all` / `tag:T` — the mandatory publish must route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from runlet import addresses, wire
+from runlet.broker import Broker, Incoming, QueueSpec
+from runlet.config import Config
+from runlet.crypto import FleetKey
+from runlet.errors import CryptoError, NoSuchTarget, ProtocolError
+from runlet.messages import (
+    ControlSent,
+    InputSent,
+    JobStateChanged,
+    OutputChunk,
+    ReplayFinished,
+    ReplayRequested,
+    StartJob,
+    parse_target,
+)
+from runlet.payloads import Control, JobSpec, seal_input
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What `submit` sent, and what it learned about the target."""
+
+    job_id: str
+    target: str
+    fans_out: bool
+    offline: bool
+
+
+@dataclass(slots=True)
+class Watch:
+    """A viewer's exclusive queue: states, output and replies for one job (or its children)."""
+
+    queue: str
+    inbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    rejected: int = 0
+
+
+def target_of(spec: str, own_node: str) -> str:
+    """Normalise a `--on` value: a bare node name means `node:NAME`; empty means this node."""
+    if not spec:
+        return f"node:{own_node}"
+    if spec in ("any", "all") or spec.startswith(("tag:", "node:")):
+        parse_target(spec)
+        return spec
+    parse_target(f"node:{spec}")
+    return f"node:{spec}"
+
+
+def exit_status(event: JobStateChanged) -> int:
+    """The shell-style exit status a client reports for a job's final state."""
+    match event.state:
+        case "exited":
+            return event.exit_code if event.exit_code is not None else 0
+        case "killed" | "cancelled" if event.signal is not None:
+            return 128 + event.signal
+        case "cancelled":
+            return 130
+        case "timed_out":
+            return 124
+        case "expired" | "interrupted" | "lost":
+            return 75
+        case "rejected":
+            return 65
+    return 1
+
+
+class Client:
+    """A connection to the fleet for one config and fleet key."""
+
+    def __init__(self, config: Config, fleet_key: FleetKey) -> None:
+        self.config = config
+        self.key = fleet_key
+        self.viewer = f"{config.node[:40]}-{secrets.token_hex(4)}"
+        self.broker = Broker(
+            config.broker.urls,
+            config.user,
+            name=f"runlet-client-{config.node}",
+            heartbeat=config.broker.heartbeat,
+            publish_timeout=config.broker.publish_timeout,
+            prefetch=1000,
+        )
+        self._seq = 0
+
+    async def __aenter__(self) -> Client:
+        await self.broker.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.broker.close()
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # -- watching ----------------------------------------------------------------------------
+
+    async def watch(self, job_id: str, *, fans_out: bool = False) -> Watch:
+        """Bind a private queue to the job's state and output before anything can happen."""
+        if fans_out:
+            keys = tuple(addresses.fanout_pattern(job_id, c) for c in ("state", "output"))
+        else:
+            keys = (addresses.state_key(job_id), addresses.output_key(job_id))
+        name = addresses.job_queue(
+            self.config.user, addresses.parent_job_id(job_id), "view", self.viewer
+        )
+        watch = Watch(name)
+
+        async def on_message(incoming: Incoming) -> None:
+            await incoming.ack()
+            try:
+                watch.inbox.put_nowait(wire.decode(incoming.body))
+            except ProtocolError:
+                watch.rejected += 1
+
+        await self.broker.consume(QueueSpec(name, "exclusive", keys, dead_letter=False), on_message)
+        return watch
+
+    # -- submitting --------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        spec: JobSpec,
+        target: str,
+        *,
+        job_id: str | None = None,
+        deadline: float | None = None,
+        rows: int = 24,
+        cols: int = 80,
+    ) -> Submitted:
+        """Send a job; raises NoSuchTarget when nothing would ever run it."""
+        job_id = job_id or addresses.new_job_id()
+        kind, name = parse_target(target)
+        offline = await self._target_offline(kind, name, target)
+        request = StartJob(
+            job_id,
+            self.config.user,
+            target,
+            self.config.node,
+            spec.seal(self.key.job_key(job_id)),
+            time.time(),
+            deadline,
+            rows,
+            cols,
+        )
+        await self.broker.publish(
+            _dispatch_key(kind, name),
+            wire.encode(request),
+            message_id=job_id,
+            durable=True,
+            mandatory=True,
+        )
+        return Submitted(job_id, target, request.fans_out, offline)
+
+    async def _target_offline(self, kind: str, name: str, target: str) -> bool:
+        if kind == "node":
+            info = await self.broker.queue_info(addresses.dispatch_queue(self.config.user, name))
+        elif kind == "any":
+            info = await self.broker.queue_info(addresses.any_queue(self.config.user))
+        else:
+            return False  # fan-out: the mandatory publish tells whether any node serves it
+        if info is None:
+            raise NoSuchTarget(target)
+        return info[1] == 0
+
+    # -- talking to a job --------------------------------------------------------------------
+
+    async def send_input(self, job_id: str, data: bytes, *, confirm: bool = False) -> None:
+        """Type `data` into a running job; with `confirm`, fail if no node runs it."""
+        seq = self.next_seq()
+        sealed = seal_input(self.key.job_key(job_id), self.viewer, seq, data)
+        body = wire.encode(InputSent(job_id, self.viewer, seq, sealed))
+        await self.broker.publish(
+            addresses.input_key(job_id),
+            body,
+            message_id=f"{self.viewer}:{seq}",
+            durable=confirm,
+            mandatory=confirm,
+        )
+
+    async def control(self, job_id: str, control: Control, *, confirm: bool = False) -> None:
+        """Send a resize, signal or cancel; with `confirm`, fail if no node holds the job."""
+        seq = self.next_seq()
+        sealed = control.seal(self.key.job_key(job_id), self.viewer, seq)
+        body = wire.encode(ControlSent(job_id, self.viewer, seq, sealed))
+        await self.broker.publish(
+            addresses.control_key(job_id),
+            body,
+            message_id=f"{self.viewer}:{seq}",
+            durable=confirm,
+            mandatory=confirm,
+        )
+
+    async def request_replay(self, job_id: str, watch: Watch, from_seq: int = 0) -> None:
+        """Ask every node; the one holding the job replies into our watch queue."""
+        await self.broker.publish(
+            addresses.RPC_JOBS,
+            wire.encode(ReplayRequested(job_id, from_seq)),
+            message_id=f"{self.viewer}:replay:{self.next_seq()}",
+            durable=False,
+            mandatory=False,
+            reply_to=watch.queue,
+            correlation_id=job_id,
+        )
+
+
+def _dispatch_key(kind: str, name: str) -> str:
+    match kind:
+        case "node":
+            return addresses.dispatch_node_key(name)
+        case "tag":
+            return addresses.dispatch_tag_key(name)
+        case "any":
+            return addresses.DISPATCH_ANY
+    return addresses.DISPATCH_ALL
+
+
+class Reassembler:
+    """Puts a job's output chunks back in order: no gap, no duplicate, whatever the source.
+
+    Live chunks and replayed chunks may arrive interleaved; each chunk is opened on its own
+    (so a viewer may start anywhere) and written exactly once, in sequence order.
+    """
+
+    def __init__(self, key: FleetKey, job_id: str, start: int = 0) -> None:
+        from runlet.logfile import open_output
+
+        self._open = open_output
+        self.key = key.job_key(job_id)
+        self.next_seq = start
+        self.pending: dict[int, OutputChunk] = {}
+        self.finished = False
+        self.bad_chunks = 0
+        self.gap_since: float | None = None
+
+    def feed(self, chunk: OutputChunk) -> list[bytes]:
+        """Take a chunk; return the plaintext pieces now ready to show, in order."""
+        if chunk.seq < self.next_seq or chunk.seq in self.pending:
+            return []
+        self.pending[chunk.seq] = chunk
+        ready: list[bytes] = []
+        while self.next_seq in self.pending:
+            current = self.pending.pop(self.next_seq)
+            try:
+                _, data = self._open(self.key, current.seq, current.flags, current.sealed)
+            except CryptoError:
+                self.bad_chunks += 1
+                data = b""
+            ready.append(data)
+            self.next_seq += 1
+            if current.flags & 1:
+                self.finished = True
+        self.gap_since = (self.gap_since or time.monotonic()) if self.pending else None
+        return ready
+
+    def gap_age(self) -> float:
+        return 0.0 if self.gap_since is None else time.monotonic() - self.gap_since
+
+
+def is_reply_for(msg: object, job_id: str) -> bool:
+    return isinstance(msg, ReplayFinished) and msg.job_id == job_id

@@ -1,0 +1,360 @@
+"""End-to-end encryption of everything a job sends: the fleet key, per-job keys, sealing.
+
+The scheme (DESIGN.md §5)::
+
+    fleet key (32 random bytes, or argon2id of a passphrase)   -- only on the user's devices
+        │  keyed BLAKE2b(job_id, key=fleet, person="runlet-job-key")
+        ▼
+    job key (32 bytes, one per job)
+        │  XChaCha20-Poly1305 (nacl.secret.Aead), fresh random 24-byte nonce per message
+        ▼
+    sealed = nonce(24) ‖ ciphertext ‖ tag(16)          -- OVERHEAD = 40 bytes
+
+    AAD = b"runlet/1\\0" ‖ job_id ‖ \\0 ‖ kind ‖ \\0 ‖ sender ‖ \\0 ‖ seq (u64 BE) ‖ flags (u8)
+
+Binding the job, kind, sender, sequence number and flags into the associated data means a
+sealed message cannot be moved to another job or kind, reordered, replayed under another
+number, or have its FINAL flag stripped without `JobKey.open` failing. Every message opens on
+its own, so a viewer can start reading anywhere. Random nonces are safe with XChaCha20's
+192-bit nonce, and they let a restarted writer carry on with the same job key.
+
+Key file: one line ``runlet-key-v1:<urlsafe base64 of the 32 bytes>\\n``, mode 0o600,
+written atomically.
+
+This module must never log, print, ``repr`` or put into an exception message a key, a key
+file's contents or a plaintext. Only `FleetKey.fingerprint` (a one-way, personalised hash) is
+safe to show.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import os
+import stat
+import struct
+import tempfile
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.hash
+import nacl.pwhash
+import nacl.secret
+import nacl.utils
+from nacl.bindings import sodium_memcmp
+from nacl.encoding import RawEncoder
+
+from runlet.errors import CryptoError, StorageError
+
+__all__ = [
+    "KEY_SIZE",
+    "OVERHEAD",
+    "AuthenticationFailed",
+    "FleetKey",
+    "JobKey",
+    "Kind",
+]
+
+KEY_SIZE = 32
+OVERHEAD = nacl.secret.Aead.NONCE_SIZE + nacl.secret.Aead.MACBYTES  # 24 + 16 = 40
+SALT_SIZE = nacl.pwhash.argon2id.SALTBYTES  # 16
+
+_KEY_PREFIX = "runlet-key-v1:"
+_KEY_FILE_MAX = 4096
+_AAD_PREFIX = b"runlet/1\0"
+_JOB_KEY_PERSON = b"runlet-job-key"
+_FINGERPRINT_PERSON = b"runlet-key-fpr"
+_SEQ_FLAGS = struct.Struct(">QB")
+_MAX_SEQ = 2**64 - 1
+
+
+class Kind(enum.StrEnum):
+    """What a sealed message carries; part of its associated data."""
+
+    COMMAND = "command"
+    INPUT = "input"
+    OUTPUT = "output"
+    CONTROL = "control"
+
+
+_NOUNS = {Kind.COMMAND: "command", Kind.INPUT: "input chunk", Kind.OUTPUT: "output chunk"}
+
+
+class AuthenticationFailed(CryptoError):
+    """A sealed message did not open; `job_id`, `kind` and `seq` say which one."""
+
+    def __init__(self, message: str, *, job_id: str, kind: Kind, seq: int) -> None:
+        self.job_id = job_id
+        self.kind = kind
+        self.seq = seq
+        super().__init__(message)
+
+
+class FleetKey:
+    """The 32-byte secret shared by one user's devices."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        if not isinstance(raw, bytes) or len(raw) != KEY_SIZE:
+            size = len(raw) if isinstance(raw, bytes) else type(raw).__name__
+            raise CryptoError(f"a fleet key is {KEY_SIZE} bytes, got {size}")
+        self._raw = raw
+
+    @classmethod
+    def generate(cls) -> FleetKey:
+        """A new random key from the operating system's CSPRNG."""
+        return cls(nacl.utils.random(KEY_SIZE))
+
+    @classmethod
+    def from_passphrase(cls, passphrase: bytes, salt: bytes) -> FleetKey:
+        """Derive a key with argon2id (MODERATE limits: about 0.8 s and 256 MiB)."""
+        if not passphrase:
+            raise CryptoError("the passphrase is empty")
+        if len(salt) != SALT_SIZE:
+            raise ValueError(f"the salt must be {SALT_SIZE} bytes, got {len(salt)}")
+        raw = nacl.pwhash.argon2id.kdf(
+            KEY_SIZE,
+            passphrase,
+            salt,
+            opslimit=nacl.pwhash.argon2id.OPSLIMIT_MODERATE,
+            memlimit=nacl.pwhash.argon2id.MEMLIMIT_MODERATE,
+        )
+        return cls(raw)
+
+    @classmethod
+    def load(cls, path: Path) -> FleetKey:
+        """Read a key file, refusing one that others can read or that is malformed."""
+        try:
+            text = _read_key_file(path)
+        except OSError as exc:
+            raise StorageError(f"cannot read the key file {path}: {exc.strerror}") from exc
+        try:
+            return cls.import_text(text)
+        except CryptoError as exc:
+            raise CryptoError(f"{path}: {exc}") from None
+
+    def save(self, path: Path, *, overwrite: bool = False) -> None:
+        """Write the key file atomically with mode 0o600; refuse to replace one unless asked."""
+        if not overwrite and path.exists():
+            raise StorageError(
+                f"{path} already exists; refusing to overwrite a key (move the old one away first)"
+            )
+        try:
+            _make_private_dirs(path.parent)
+            _write_atomically(path, (self.export_text() + "\n").encode("ascii"), overwrite)
+        except FileExistsError as exc:
+            raise StorageError(f"{path} already exists; refusing to overwrite a key") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot write the key file {path}: {exc.strerror}") from exc
+
+    def export_text(self) -> str:
+        """The key as one line of text (no newline), for `runlet key export`. It is secret."""
+        return _KEY_PREFIX + base64.urlsafe_b64encode(self._raw).decode("ascii")
+
+    @classmethod
+    def import_text(cls, text: str) -> FleetKey:
+        """Parse `export_text` output; surrounding whitespace is ignored."""
+        line = text.strip()
+        if "\n" in line or "\r" in line:
+            raise CryptoError("a runlet key is a single line, found several")
+        if not line.startswith(_KEY_PREFIX):
+            raise CryptoError(f"not a runlet key: it does not start with {_KEY_PREFIX!r}")
+        encoded = line.removeprefix(_KEY_PREFIX)
+        encoded += "=" * (-len(encoded) % 4)
+        try:
+            raw = base64.b64decode(encoded.encode("ascii"), altchars=b"-_", validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise CryptoError("the runlet key is not valid urlsafe base64") from None
+        if len(raw) != KEY_SIZE:
+            raise CryptoError(f"the runlet key holds {len(raw)} bytes, not {KEY_SIZE}")
+        return cls(raw)
+
+    def fingerprint(self) -> str:
+        """16 hex characters identifying the key, safe to show and compare between devices."""
+        digest = nacl.hash.blake2b(
+            b"fingerprint",
+            key=self._raw,
+            person=_FINGERPRINT_PERSON,
+            digest_size=8,
+            encoder=RawEncoder,
+        )
+        return digest.hex()
+
+    def job_key(self, job_id: str) -> JobKey:
+        """The key that seals everything of one job."""
+        return JobKey(self, job_id)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FleetKey):
+            return NotImplemented
+        return sodium_memcmp(self._raw, other._raw)  # constant time
+
+    __hash__ = None  # type: ignore[assignment]  # a secret has no business being a dict key
+
+    def __repr__(self) -> str:
+        return f"<FleetKey fingerprint={self.fingerprint()}>"
+
+
+class JobKey:
+    """Seals and opens the messages of one job; made by `FleetKey.job_key`."""
+
+    __slots__ = ("_aead", "_job", "_job_id")
+
+    def __init__(self, fleet: FleetKey, job_id: str) -> None:
+        if not job_id or "\0" in job_id:
+            raise ValueError("a job id must be non-empty and contain no NUL character")
+        self._job_id = job_id
+        self._job = job_id.encode("utf-8")
+        derived = nacl.hash.blake2b(
+            self._job,
+            key=fleet._raw,  # the derivation is FleetKey's own business
+            person=_JOB_KEY_PERSON,
+            digest_size=KEY_SIZE,
+            encoder=RawEncoder,
+        )
+        self._aead = nacl.secret.Aead(derived)
+
+    @property
+    def job_id(self) -> str:
+        return self._job_id
+
+    def seal(
+        self, kind: Kind, seq: int, plaintext: bytes, *, flags: int = 0, sender: str = ""
+    ) -> bytes:
+        """Encrypt and authenticate `plaintext` as message `seq` of `kind`; 40 bytes longer."""
+        aad = self._aad(kind, seq, flags, sender)
+        return bytes(self._aead.encrypt(plaintext, aad))
+
+    def open(
+        self, kind: Kind, seq: int, sealed: bytes, *, flags: int = 0, sender: str = ""
+    ) -> bytes:
+        """Check and decrypt what `seal` made with the same arguments, else AuthenticationFailed."""
+        aad = self._aad(kind, seq, flags, sender)
+        kind = Kind(kind)
+        where = f"{_NOUNS[kind]} {seq} of job {self._job_id}"
+        if len(sealed) < OVERHEAD:
+            raise AuthenticationFailed(
+                f"{where} is truncated: {len(sealed)} bytes, a sealed message has at least "
+                f"{OVERHEAD}",
+                job_id=self._job_id,
+                kind=kind,
+                seq=seq,
+            )
+        try:
+            return self._aead.decrypt(sealed, aad)
+        except nacl.exceptions.CryptoError:
+            raise AuthenticationFailed(
+                f"{where} did not authenticate: sealed with another fleet key, "
+                "for another job or position, or altered",
+                job_id=self._job_id,
+                kind=kind,
+                seq=seq,
+            ) from None
+
+    def _aad(self, kind: Kind, seq: int, flags: int, sender: str) -> bytes:
+        if not 0 <= seq <= _MAX_SEQ:
+            raise ValueError(f"seq must be in 0..2**64-1, got {seq}")
+        if not 0 <= flags <= 0xFF:
+            raise ValueError(f"flags must be in 0..255, got {flags}")
+        if "\0" in sender:
+            raise ValueError("a sender must not contain a NUL character")
+        # Separators are NULs, which no field may contain; seq and flags are fixed-size and
+        # last, so two different tuples can never produce the same AAD.
+        return b"".join(
+            (
+                _AAD_PREFIX,
+                self._job,
+                b"\0",
+                Kind(kind).value.encode("ascii"),
+                b"\0",
+                sender.encode("utf-8"),
+                b"\0",
+                _SEQ_FLAGS.pack(seq, flags),
+            )
+        )
+
+    def __repr__(self) -> str:
+        return f"<JobKey job={self._job_id!r}>"
+
+
+def _read_key_file(path: Path) -> str:
+    """The key file's text, after checking its size, mode and encoding (never echoed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise CryptoError(
+            f"no fleet key at {path}: run `runlet key init` on your first device, "
+            "or `runlet key import` to bring the key from another one"
+        ) from None
+    try:
+        _check_key_file(path, os.fstat(fd).st_mode)
+        data = os.read(fd, _KEY_FILE_MAX + 1)  # a regular file gives it all in one read
+    finally:
+        os.close(fd)
+    if len(data) > _KEY_FILE_MAX:
+        raise CryptoError(f"the key file {path} is over {_KEY_FILE_MAX} bytes: not a runlet key")
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise CryptoError(f"the key file {path} holds binary data, not a runlet key") from None
+
+
+def _check_key_file(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise CryptoError(f"the key file {path} is not a regular file")
+    if os.name == "posix" and mode & 0o077:
+        raise CryptoError(
+            f"the key file {path} is open to other users "
+            f"(mode {stat.S_IMODE(mode):o}): run `chmod 600 {path}`"
+        )
+
+
+def _make_private_dirs(folder: Path) -> None:
+    """Create `folder` and any missing parents with mode 0o700 (mkdir -p would use 0o777)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for each in reversed(missing):
+        each.mkdir(mode=0o700, exist_ok=True)
+
+
+def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
+    """Write a 0o600 temporary file beside `path`, fsync it, then move it into place."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o600)  # before the secret goes in
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _commit(tmp, path, overwrite)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _commit(tmp: Path, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if `path` appeared since we checked: no race
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this filesystem: the earlier check has to do
+        os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,197 @@
+"""Messages that only cross local mailboxes, between actors of one process.
+
+They are not encoded (they never leave the process), but they follow the same rules as wire
+messages: frozen, slotted, typed, past tense for facts and imperative for requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runlet.ptys import ExitStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A decoded broker message for an actor; settle it with `Settle(token, …)`."""
+
+    token: int
+    message: object
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    redelivered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """Ack a delivery (`ok`) or dead-letter it, saying why."""
+
+    token: int
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Send encoded bytes to the broker. `exchange` "" is the default (reply) exchange."""
+
+    routing_key: str
+    body: bytes
+    message_id: str
+    durable: bool = False
+    mandatory: bool = False
+    exchange: str | None = None
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenJobQueues:
+    """Declare and consume a running job's input and control queues."""
+
+    job_id: str
+    input: bool = True
+    control: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CloseJobQueues:
+    """Delete a finished job's queues."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSlot:
+    """Ask the governor for permission to start a job."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlotGranted:
+    """The governor allows the job to start now."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseSlot:
+    """A job no longer needs its slot (ended, or cancelled before it started)."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionTick:
+    """Time to look at the load average again."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartSession:
+    """Spawn the job's child in a PTY; the request is the journaled wire bytes."""
+
+    job_id: str
+    request: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    """The job's child is running."""
+
+    job_id: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """The job's child is gone; `how` is exited | killed | cancelled | timed_out | failed."""
+
+    job_id: str
+    how: str
+    status: ExitStatus | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Terminate:
+    """End the job: SIGTERM, then SIGKILL after `grace` seconds."""
+
+    job_id: str
+    grace: float
+    reason: str = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class GraceExpired:
+    """The grace period after SIGTERM is over."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResizeSession:
+    job_id: str
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSession:
+    job_id: str
+    signal: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutputProduced:
+    """Plaintext terminal output, numbered by the session; the vault seals and stores it."""
+
+    job_id: str
+    seq: int
+    at: float
+    data: bytes
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OutputStored:
+    """The vault stored (and published) output chunk `seq`; `size` bytes are no longer owed."""
+
+    job_id: str
+    seq: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenLog:
+    """Create or reopen a job's log; `interrupted` finalises an unfinished log at once."""
+
+    job_id: str
+    finalise: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Send a job's stored output from `from_seq` to `reply_to`, then its state."""
+
+    job_id: str
+    from_seq: int
+    reply_to: str
+    correlation_id: str | None
+    state: str
+    exit_code: int | None = None
+    signal: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChildDied:
+    """A supervised actor crashed (or failed to start)."""
+
+    name: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class RestartChild:
+    """Start the named actor again (after its backoff)."""
+
+    name: str

@@ -1,0 +1,223 @@
+"""Every message Runlet sends, as frozen typed classes registered with the wire codec.
+
+Past-tense names are facts (`JobStateChanged`), imperative names are requests (`StartJob`).
+Routing metadata (ids, node names, states, sizes) is clear; what is the user's business —
+command, environment, input, output, control — travels sealed under the job's key
+(`runlet.crypto`), so the broker never sees it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runlet.addresses import valid_job_id, valid_name
+from runlet.wire import message
+
+STATES = (
+    "submitted",
+    "queued",
+    "running",
+    "exited",
+    "killed",
+    "timed_out",
+    "cancelled",
+    "interrupted",
+    "expired",
+    "rejected",
+    "lost",
+)
+TERMINAL = frozenset(
+    {"exited", "killed", "timed_out", "cancelled", "interrupted", "expired", "rejected", "lost"}
+)
+MAX_CHUNK = 64 * 1024  # plaintext bytes of one output chunk
+MAX_SEALED = MAX_CHUNK + 1024
+
+
+def _job(job_id: str) -> None:
+    if not valid_job_id(job_id):
+        raise ValueError(f"invalid job id {job_id[:80]!r}")
+
+
+def _name(what: str, name: str) -> None:
+    if not valid_name(name):
+        raise ValueError(f"invalid {what} {name[:80]!r}")
+
+
+def _size(what: str, data: bytes, limit: int = MAX_SEALED) -> None:
+    if len(data) > limit:
+        raise ValueError(f"{what} is {len(data)} bytes, over the {limit} limit")
+
+
+def _seq(seq: int) -> None:
+    if not 0 <= seq < 2**63:
+        raise ValueError(f"sequence number {seq} out of range")
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """Split a target (`node:N`, `any`, `all`, `tag:T`) into (kind, name); ValueError if bad."""
+    if target in ("any", "all"):
+        return target, ""
+    kind, sep, name = target.partition(":")
+    if sep and kind in ("node", "tag") and valid_name(name):
+        return kind, name
+    raise ValueError(f"invalid target {target[:80]!r}: use a node name, any, all or tag:TAG")
+
+
+@message("start_job")
+@dataclass(frozen=True, slots=True)
+class StartJob:
+    """A request to run a job; the command is sealed under the job's key."""
+
+    job_id: str
+    user: str
+    target: str
+    origin: str
+    sealed_command: bytes
+    submitted_at: float
+    deadline: float | None = None
+    rows: int = 24
+    cols: int = 80
+
+    def __post_init__(self) -> None:
+        _job(self.job_id)
+        _name("user", self.user)
+        _name("origin node", self.origin)
+        parse_target(self.target)
+        _size("sealed command", self.sealed_command, 256 * 1024)
+        if not (1 <= self.rows <= 1000 and 1 <= self.cols <= 1000):
+            raise ValueError(f"terminal size {self.rows}x{self.cols} out of range")
+
+    @property
+    def fans_out(self) -> bool:
+        return parse_target(self.target)[0] in ("all", "tag")
+
+
+@message("job_state")
+@dataclass(frozen=True, slots=True)
+class JobStateChanged:
+    """A job moved to a new state on a node; `seq` orders one job's changes."""
+
+    job_id: str
+    node: str
+    state: str
+    seq: int
+    at: float
+    target: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    detail: str | None = None
+
+    def __post_init__(self) -> None:
+        _job(self.job_id)
+        _name("node", self.node)
+        _seq(self.seq)
+        if self.state not in STATES:
+            raise ValueError(f"unknown state {self.state[:40]!r}")
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+@message("output")
+@dataclass(frozen=True, slots=True)
+class OutputChunk:
+    """Sealed terminal output number `seq` of a job: the same bytes as in its log."""
+
+    job_id: str
+    seq: int
+    flags: int
+    sealed: bytes
+
+    def __post_init__(self) -> None:
+        _job(self.job_id)
+        _seq(self.seq)
+        _size("output chunk", self.sealed)
+        if not 0 <= self.flags <= 255:
+            raise ValueError(f"flags {self.flags} out of range")
+
+
+@message("input")
+@dataclass(frozen=True, slots=True)
+class InputSent:
+    """Sealed keystrokes for a job from one viewer; (viewer, seq) is unique."""
+
+    job_id: str
+    viewer: str
+    seq: int
+    sealed: bytes
+
+    def __post_init__(self) -> None:
+        _job(self.job_id)
+        _name("viewer", self.viewer)
+        _seq(self.seq)
+        _size("input", self.sealed)
+
+
+@message("control")
+@dataclass(frozen=True, slots=True)
+class ControlSent:
+    """A sealed control request (resize, signal, cancel) for a job from one viewer."""
+
+    job_id: str
+    viewer: str
+    seq: int
+    sealed: bytes
+
+    def __post_init__(self) -> None:
+        _job(self.job_id)
+        _name("viewer", self.viewer)
+        _seq(self.seq)
+        _size("control", self.sealed, 4096)
+
+
+@message("replay")
+@dataclass(frozen=True, slots=True)
+class ReplayRequested:
+    """Ask the node holding a job for its output from `from_seq` on, then its state."""
+
+    job_id: str
+    from_seq: int = 0
+
+    def __post_init__(self) -> None:
+        _job(self.job_id)
+        _seq(self.from_seq)
+
+
+@message("replay_done")
+@dataclass(frozen=True, slots=True)
+class ReplayFinished:
+    """End of a replay: the next live chunk's seq and the job's state at that moment."""
+
+    job_id: str
+    node: str
+    next_seq: int
+    state: str
+    exit_code: int | None = None
+    signal: int | None = None
+
+    def __post_init__(self) -> None:
+        _job(self.job_id)
+        _name("node", self.node)
+        _seq(self.next_seq)
+        if self.state not in STATES:
+            raise ValueError(f"unknown state {self.state[:40]!r}")
+
+
+@message("presence")
+@dataclass(frozen=True, slots=True)
+class NodeHeartbeat:
+    """A daemon says it is alive, with what it runs."""
+
+    node: str
+    at: float
+    version: str
+    platform: str
+    tags: tuple[str, ...] = ()
+    running: int = 0
+    queued: int = 0
+
+    def __post_init__(self) -> None:
+        _name("node", self.node)
+        for tag in self.tags:
+            _name("tag", tag)

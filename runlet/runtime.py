@@ -1,0 +1,271 @@
+"""Actor base, local router and supervisor: the runtime every actor lives in.
+
+- `Router` maps names (`"job_queue"`, `"pty:<job>"`) to actor refs, so an actor addresses a
+  local receiver by name and a remote one through the gateway (`router.publish`) the same
+  way: it never holds another actor's class or ref. Messages for an actor that is being
+  restarted are held and handed to its new instance.
+- `Actor` is a pykka thread actor whose handler dispatches with `match`. An exception in a
+  handler kills the instance (pykka cannot restart one); its `on_failure` tells the
+  supervisor, which starts a new instance with backoff and logs the crash.
+- `Supervisor` restarts `permanent` children; a `temporary` child (a PTY session) is not
+  restarted, its death is reported to whoever asked. Too many crashes in a short time stop
+  the whole process with a log line saying why: it never dies silently, and never spins.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import pykka
+import structlog
+
+from runlet import metrics
+from runlet.aio import LoopThread
+from runlet.local import ChildDied, Publish, RestartChild
+
+log = structlog.get_logger(__name__)
+
+GATEWAY = "gateway"
+SUPERVISOR = "supervisor"
+
+
+class Router:
+    """Thread-safe name → actor ref table with holding for restarting actors."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refs: dict[str, pykka.ActorRef[Any]] = {}
+        self._held: dict[str, list[object]] = defaultdict(list)
+        self._restarting: set[str] = set()
+
+    def register(self, name: str, ref: pykka.ActorRef[Any]) -> None:
+        with self._lock:
+            self._refs[name] = ref
+            self._restarting.discard(name)
+            held = self._held.pop(name, [])
+        for message in held:
+            self.tell(name, message)
+
+    def unregister(self, name: str, ref: pykka.ActorRef[Any] | None = None) -> None:
+        with self._lock:
+            if ref is None or self._refs.get(name) is ref:
+                self._refs.pop(name, None)
+
+    def restarting(self, name: str) -> None:
+        """Hold messages for `name` until its next instance registers."""
+        with self._lock:
+            self._refs.pop(name, None)
+            self._restarting.add(name)
+
+    def has(self, name: str) -> bool:
+        with self._lock:
+            return name in self._refs or name in self._restarting
+
+    def tell(self, name: str, message: object) -> bool:
+        """Deliver to a local actor; False when nobody of that name exists."""
+        with self._lock:
+            ref = self._refs.get(name)
+            if ref is None:
+                if name in self._restarting:
+                    self._held[name].append(message)
+                    return True
+                return False
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            with self._lock:
+                if name in self._restarting or self._refs.get(name) is not ref:
+                    self._held[name].append(message)
+                    return True
+            return False
+        return True
+
+    def publish(self, message: Publish) -> None:
+        """Hand an outbound message to the broker gateway."""
+        if not self.tell(GATEWAY, message):
+            log.error("gateway_missing", routing_key=message.routing_key)
+
+    def stop_all(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            refs = list(self._refs.values())
+            self._refs.clear()
+            self._restarting.clear()
+        for ref in reversed(refs):
+            try:
+                ref.stop(block=True, timeout=timeout)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                continue
+
+
+@dataclass
+class Context:
+    """What every actor of a process shares: the router, the I/O loop, the clock, the config."""
+
+    router: Router
+    loop: LoopThread
+    settings: Any
+    clock: Callable[[], float] = time.time
+    services: dict[str, Any] = field(default_factory=dict)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    exit_code: list[int] = field(default_factory=list)
+
+
+class Actor(pykka.ThreadingActor):
+    """Base of Runlet's actors. Subclasses implement `handle(message)` with `match`."""
+
+    use_daemon_thread = True
+
+    def __init__(self, ctx: Context, name: str) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.name = name
+        self.log = log.bind(actor=name)
+
+    def on_start(self) -> None:
+        try:
+            self.started()
+        except Exception as exc:
+            self.log.exception("actor_start_failed")
+            self._report(exc)
+            raise
+
+    def started(self) -> None:
+        """Runs in the actor's thread before its first message."""
+
+    def on_receive(self, message: Any) -> Any:
+        return self.handle(message)
+
+    def handle(self, message: object) -> None:
+        raise NotImplementedError
+
+    def unexpected(self, message: object) -> None:
+        """Log and count a message this actor has no case for; never crash on it."""
+        metrics.UNEXPECTED_MESSAGES.labels(actor=self.name.split(":")[0]).inc()
+        self.log.warning("message_unexpected", type=type(message).__name__)
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.log.error("actor_crashed", error=repr(exception_value))
+        self._report(exception_value)
+
+    def _report(self, exc: BaseException | None) -> None:
+        self.ctx.router.unregister(self.name, self.actor_ref)
+        if not self.ctx.stopping.is_set():
+            self.ctx.router.tell(SUPERVISOR, ChildDied(self.name, repr(exc)))
+
+    def tell_self_later(self, delay: float, message: object) -> threading.Timer:
+        """Deliver `message` to this actor after `delay` seconds (a timer thread)."""
+        ref = self.actor_ref
+
+        def fire() -> None:
+            try:
+                ref.tell(message)
+            except pykka.ActorDeadError:
+                return
+
+        timer = threading.Timer(delay, fire)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+
+Factory = Callable[[], pykka.ActorRef[Any]]
+
+
+@dataclass
+class _Child:
+    factory: Factory
+    permanent: bool
+    notify: str | None
+    crashes: deque[float] = field(default_factory=lambda: deque(maxlen=10))
+
+
+class Supervisor(pykka.ThreadingActor):
+    """Starts children, restarts permanent ones with backoff, stops the process past a limit."""
+
+    use_daemon_thread = True
+    max_crashes = 5  # within `window` seconds, then give up and stop the process
+    window = 60.0
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self._children: dict[str, _Child] = {}
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case ("start", str(name), factory, bool(permanent), notify):
+                self._children[name] = _Child(factory, permanent, notify)
+                self._start(name)
+            case ChildDied(name=name, error=error):
+                self._died(name, error)
+            case RestartChild(name=name):
+                if name in self._children and not self.ctx.stopping.is_set():
+                    self._start(name)
+            case ("forget", str(name)):
+                self._children.pop(name, None)
+            case _:
+                log.warning("message_unexpected", actor=SUPERVISOR, type=type(message).__name__)
+        return None
+
+    def _start(self, name: str) -> None:
+        child = self._children[name]
+        ref = child.factory()
+        self.ctx.router.register(name, ref)
+
+    def _died(self, name: str, error: str) -> None:
+        child = self._children.get(name)
+        if child is None:
+            return
+        metrics.ACTOR_RESTARTS.labels(actor=name.split(":", maxsplit=1)[0]).inc()
+        if not child.permanent:
+            self._children.pop(name, None)
+            if child.notify:
+                self.ctx.router.tell(child.notify, ChildDied(name, error))
+            return
+        now = time.monotonic()
+        child.crashes.append(now)
+        recent = [t for t in child.crashes if now - t < self.window]
+        if len(recent) > self.max_crashes:
+            log.critical("actor_restart_limit", actor=name, crashes=len(recent), error=error)
+            self.ctx.exit_code.append(70)
+            self.ctx.stopping.set()
+            return
+        delay = min(0.05 * 2 ** (len(recent) - 1), 5.0)
+        log.error("actor_restarting", actor=name, error=error, delay=delay)
+        self.ctx.router.restarting(name)
+        ref = self.actor_ref
+        timer = threading.Timer(delay, lambda: _tell_quietly(ref, RestartChild(name)))
+        timer.daemon = True
+        timer.start()
+
+
+def _tell_quietly(ref: pykka.ActorRef[Any], message: object) -> None:
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        return
+
+
+def supervise(
+    ctx: Context, name: str, factory: Factory, *, permanent: bool = True, notify: str | None = None
+) -> None:
+    """Ask the supervisor to start (and look after) the actor `factory` makes under `name`."""
+    if not ctx.router.tell(SUPERVISOR, ("start", name, factory, permanent, notify)):
+        raise RuntimeError("no supervisor is running")
+
+
+def start_supervisor(ctx: Context) -> pykka.ActorRef[Any]:
+    ref = Supervisor.start(ctx)
+    ctx.router.register(SUPERVISOR, ref)
+    return ref
