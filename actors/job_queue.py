@@ -62,6 +62,8 @@ class JobQueue(Actor):
         self.journal = Journal(self.journal_path)
         now = self.ctx.clock()
         for entry in self.journal.running():
+            if self.ctx.router.has(f"pty:{entry.job_id}"):
+                continue  # only this actor restarted: the session (and its child) lives on
             self.log.warning("job_interrupted", job=entry.job_id)
             self._change(entry.job_id, "interrupted", detail="the daemon stopped while it ran")
             self.ctx.router.tell(VAULT, OpenLog(entry.job_id, finalise=True))
@@ -72,7 +74,7 @@ class JobQueue(Actor):
                 queued_for=round(now - (entry.accepted_at or now), 1),
             )
             self._queue(entry.job_id)
-        metrics.JOBS_RUNNING.set(0)
+        metrics.JOBS_RUNNING.set(len(self.journal.running()))
 
     def on_stop(self) -> None:
         if self.journal is not None:

@@ -78,7 +78,12 @@ class Kind(enum.StrEnum):
     CONTROL = "control"
 
 
-_NOUNS = {Kind.COMMAND: "command", Kind.INPUT: "input chunk", Kind.OUTPUT: "output chunk"}
+_NOUNS = {
+    Kind.COMMAND: "command",
+    Kind.INPUT: "input chunk",
+    Kind.OUTPUT: "output chunk",
+    Kind.CONTROL: "control request",
+}
 
 
 class AuthenticationFailed(CryptoError):
