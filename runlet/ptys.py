@@ -122,7 +122,11 @@ class Pty(Protocol):
         ...
 
     def close(self) -> None:
-        """Close the fd, and SIGKILL and reap the job if still running. Idempotent."""
+        """Close the fd, and SIGKILL and reap the job if still running. Idempotent.
+
+        It waits for a killed job to disappear, which takes moments (at most 5 s for one
+        stuck in the kernel). Once the job has been reaped, its group is not signalled.
+        """
         ...
 
 
@@ -265,7 +269,10 @@ class _PosixPty:
             return
         try:
             if self._status is None:  # else pidfd may name a newer process with our pid
-                select.select([pidfd], [], [], timeout)
+                # poll, not select: a daemon's fd numbers can pass select's limit of 1024.
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+                poller.poll(None if timeout is None else timeout * 1000)
         finally:
             os.close(pidfd)
 

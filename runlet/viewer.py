@@ -94,11 +94,18 @@ class Follower:
                 msg = None
             if msg is not None:
                 self._take(msg)
+            elif self.opts.interactive and self.stdin_open and self._lone_detach_key():
+                self.detached = True
             if self.detached:
                 return DETACHED
             done = await self._check(started)
             if done is not None:
                 return done
+
+    def _lone_detach_key(self) -> bool:
+        """A detach key pressed alone, with nothing typed after it for a moment, detaches."""
+        scanner = getattr(self, "scanner", None)
+        return scanner is not None and scanner.pending and scanner.idle()
 
     def _take(self, msg: object) -> None:
         match msg:

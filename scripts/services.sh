@@ -168,9 +168,15 @@ ensure_rabbit_management() {
         warn "RabbitMQ: rabbitmq-plugins not found; cannot check the management plugin"
         return 0
     fi
+    if [[ $EUID -ne 0 ]]; then
+        warn "RabbitMQ: not root, so the management plugin is not checked (the CLI needs the" \
+            "node's Erlang cookie); run 'scripts/services.sh up' as root to enable it"
+        return 0
+    fi
     local enabled
     if ! enabled=$(timeout 60 rabbitmq-plugins -q list -e -m 2>&1); then
-        warn "RabbitMQ: 'rabbitmq-plugins list -e' failed, management plugin left as it is: $enabled"
+        warn "RabbitMQ: 'rabbitmq-plugins list -e' failed, management plugin left as it is:" \
+            "$(tail -n 3 <<<"$enabled")"
         return 0
     fi
     if grep -qx 'rabbitmq_management' <<<"$enabled"; then

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -28,8 +28,14 @@ def start() -> Iterator[Callable[..., Pty]]:
     """spawn(), with every PTY closed (child killed and reaped) when the test ends."""
     started: list[Pty] = []
 
-    def _start(*argv: str, **kwargs: object) -> Pty:
-        pty = spawn(argv, **kwargs)  # type: ignore[arg-type]
+    def _start(
+        *argv: str,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        rows: int = 24,
+        cols: int = 80,
+    ) -> Pty:
+        pty = spawn(argv, env=env, cwd=cwd, rows=rows, cols=cols)
         started.append(pty)
         return pty
 

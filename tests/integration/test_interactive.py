@@ -1,0 +1,30 @@
+"""A job started from one device runs on another and is answered from a third."""
+
+from __future__ import annotations
+
+from runlet.client import Client
+from runlet.payloads import JobSpec
+from tests.support import Fleet, follow_to_end, run, wait_state
+
+PROMPT = 'printf "Continue? [y/N] "; read a; echo "answer=$a"; exit 3'
+
+
+def test_prompt_answered_from_another_device(fleet: Fleet) -> None:
+    """edge-1 starts a prompting job on edge-2, edge-3's client types y: output and status 3."""
+    fleet.start_daemon("edge-2")
+
+    async def scenario() -> None:
+        async with Client(fleet.client_config("edge-1"), fleet.key) as starter, \
+                Client(fleet.client_config("edge-3"), fleet.key) as helper:
+            watch = await starter.watch(job_id := "0" * 31 + "1")
+            await starter.submit(JobSpec((PROMPT,)), "node:edge-2", job_id=job_id)
+            await wait_state(watch, job_id, "running")
+            await helper.send_input(job_id, b"y\r", confirm=True)
+            out, final = await follow_to_end(starter, watch, job_id)
+            assert b"Continue? [y/N] " in out
+            assert b"answer=y" in out
+            assert final.state == "exited"
+            assert final.exit_code == 3
+            assert final.node == "edge-2"
+
+    run(scenario())
