@@ -61,17 +61,21 @@ class BrokerGateway(Actor):
     def handle(self, message: object) -> None:
         match message:
             case Publish():
-                self.ctx.loop.submit(self._publish(message))
+                self.ctx.loop.submit(self._publish(message), self._log_failure)
             case Settle(token=token, ok=ok, reason=reason):
                 self.ctx.loop.call(self._settle, token, ok, reason)
             case OpenJobQueues():
-                self.ctx.loop.submit(self._open_job(message))
+                self.ctx.loop.submit(self._open_job(message), self._log_failure)
             case CloseJobQueues(job_id=job_id):
-                self.ctx.loop.submit(self._close_job(job_id))
+                self.ctx.loop.submit(self._close_job(job_id), self._log_failure)
             case ("setup_failed", str(error)):
                 raise BrokerUnavailable(error)
             case _:
                 self.unexpected(message)
+
+    def _log_failure(self, future: concurrent.futures.Future[None]) -> None:
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            self.log.error("broker_operation_failed", error=repr(exc))
 
     # -- on the loop -------------------------------------------------------------------------
 
@@ -196,6 +200,8 @@ class BrokerGateway(Actor):
         except BrokerUnavailable as exc:
             # restored on reconnect: the spec is remembered by the adapter
             self.log.warning("job_queues_deferred", job=job_id, error=str(exc))
+        if message.announce is not None:
+            await self._publish(message.announce)
 
     async def _close_job(self, job_id: str) -> None:
         prefix = addresses.job_queue(self.user, job_id, "")

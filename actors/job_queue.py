@@ -14,7 +14,7 @@ from typing import Any
 
 from runlet import addresses, metrics, wire
 from runlet.errors import CryptoError, ProtocolError, StorageError
-from runlet.journal import Journal, JournalEntry
+from runlet.journal import Journal
 from runlet.local import (
     ChildDied,
     CloseJobQueues,
@@ -73,7 +73,7 @@ class JobQueue(Actor):
                 job=entry.job_id,
                 queued_for=round(now - (entry.accepted_at or now), 1),
             )
-            self._queue(entry.job_id)
+            self._queue(entry.job_id, announce=False)
         metrics.JOBS_RUNNING.set(len(self.journal.running()))
 
     def on_stop(self) -> None:
@@ -121,11 +121,11 @@ class JobQueue(Actor):
             self._change(job_id, "rejected", target=request.target, detail=reason)
             return
         self._settle(delivery, True)
-        self._change(job_id, "queued", target=request.target)
         if request.deadline is not None and request.deadline < now:
+            self._change(job_id, "queued", target=request.target)
             self._change(job_id, "expired", detail="its deadline passed before the node got it")
             return
-        self._queue(job_id)
+        self._queue(job_id, target=request.target)
 
     def _check(self, request: StartJob) -> tuple[bool, str]:
         if request.user != self.user:
@@ -136,8 +136,11 @@ class JobQueue(Actor):
             return False, str(exc)
         return True, ""
 
-    def _queue(self, job_id: str) -> None:
-        self.ctx.router.tell(GATEWAY, OpenJobQueues(job_id, input=False, control=True))
+    def _queue(self, job_id: str, *, target: str = "", announce: bool = True) -> None:
+        # the control queue exists before anyone hears "queued", so a cancel always lands
+        state = self._change(job_id, "queued", target=target, send=False) if announce else None
+        opening = OpenJobQueues(job_id, input=False, control=True, announce=state)
+        self.ctx.router.tell(GATEWAY, opening)
         self.ctx.router.tell(GOVERNOR, RequestSlot(job_id))
 
     # -- running -----------------------------------------------------------------------------
@@ -151,7 +154,6 @@ class JobQueue(Actor):
         if request.deadline is not None and request.deadline < self.ctx.clock():
             self._finish(job_id, "expired", detail="its deadline passed while it waited")
             return
-        self.ctx.router.tell(GATEWAY, OpenJobQueues(job_id, input=True, control=False))
         name = f"pty:{job_id}"
         factory = self.session_factory
         supervise(
@@ -163,8 +165,12 @@ class JobQueue(Actor):
         )
 
     def _running(self, job_id: str) -> None:
-        entry = self._change(job_id, "running")
-        if entry is None:
+        # "running" invites keystrokes: it is announced once the input queue exists
+        announce = self._change(job_id, "running", send=False)
+        opening = OpenJobQueues(job_id, input=True, control=False, announce=announce)
+        self.ctx.router.tell(GATEWAY, opening)
+        entry = self._journal.get(job_id)
+        if entry is None or announce is None:
             return
         request = wire.decode_as(entry.request, StartJob)
         metrics.DISPATCH_TO_START.observe(max(0.0, self.ctx.clock() - request.submitted_at))
@@ -249,8 +255,8 @@ class JobQueue(Actor):
     # -- helpers -----------------------------------------------------------------------------
 
     def _change(
-        self, job_id: str, state: str, *, target: str = "", **details: Any
-    ) -> JournalEntry | None:
+        self, job_id: str, state: str, *, target: str = "", send: bool = True, **details: Any
+    ) -> Publish | None:
         try:
             entry = (
                 self._journal.mark(job_id, state, self.ctx.clock(), **details)
@@ -274,16 +280,16 @@ class JobQueue(Actor):
             entry.signal,
             entry.detail,
         )
-        self.ctx.router.publish(
-            Publish(
-                addresses.state_key(job_id),
-                wire.encode(event),
-                message_id=f"{job_id}:{entry.state_seq}",
-                durable=True,
-                mandatory=True,
-            )
+        publish = Publish(
+            addresses.state_key(job_id),
+            wire.encode(event),
+            message_id=f"{job_id}:{entry.state_seq}",
+            durable=True,
+            mandatory=True,
         )
-        return entry
+        if send:
+            self.ctx.router.publish(publish)
+        return publish
 
     def _settle(self, delivery: Delivered, ok: bool, reason: str = "") -> None:
         self.ctx.router.tell(GATEWAY, Settle(delivery.token, ok, reason))

@@ -51,6 +51,7 @@ class OpenJobQueues:
     job_id: str
     input: bool = True
     control: bool = True
+    announce: Publish | None = None  # published once the queues exist (the state that invites use)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,9 @@ def wait_ready(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) 
     raise SystemExit(f"daemon not ready after {timeout} s:\n{log.read_text()}")
 
 
-def read_until(proc: subprocess.Popen[bytes], pattern: bytes, timeout: float) -> tuple[bytes, bytes]:
+def read_until(
+    proc: subprocess.Popen[bytes], pattern: bytes, timeout: float
+) -> tuple[bytes, bytes]:
     """Read the job's stdout and stderr until `pattern` shows up in stdout; echo both."""
     assert proc.stdout is not None and proc.stderr is not None
     sel = selectors.DefaultSelector()
@@ -94,7 +96,9 @@ def main() -> int:
         for node, cfg in (("edge-1", edge1), ("edge-2", edge2)):
             log = DEMO / f"{node}.log"
             with log.open("wb") as sink:
-                proc = subprocess.Popen([*RUNLET, "-c", str(cfg), "start"], stdout=sink, stderr=sink)
+                proc = subprocess.Popen(
+                    [*RUNLET, "-c", str(cfg), "start"], stdout=sink, stderr=sink
+                )
             daemons.append(proc)
             wait_ready(log, proc)
             print(f"{node}: running (pid {proc.pid}, log {log.relative_to(ROOT)})")
@@ -102,7 +106,9 @@ def main() -> int:
         step("edge-1: runlet run --on edge-2 -- <a job that asks [y/N]>")
         run = subprocess.Popen(
             [*RUNLET, "-c", str(edge1), "run", "--on", "edge-2", "--", JOB],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         out, err = read_until(run, b"[y/N] ", 30)
         found = re.search(rb"job ([0-9a-f]{32})", err)

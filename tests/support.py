@@ -120,7 +120,9 @@ class Fleet:
 
     def wait_offline(self, node: str, timeout: float = 20.0) -> None:
         queue = addresses.dispatch_queue(self.user, node)
-        wait_for(lambda: (queue_info(self.user, queue) or (0, 1))[1] == 0, timeout, f"{node} offline")
+        wait_for(
+            lambda: (queue_info(self.user, queue) or (0, 1))[1] == 0, timeout, f"{node} offline"
+        )
 
     def close(self) -> None:
         for daemon in self.daemons:
@@ -203,7 +205,9 @@ def delete_user_resources(user: str) -> None:
             _management("DELETE", f"/api/queues/%2F/{urllib.parse.quote(queue['name'], safe='')}")
     for exchange in _management("GET", "/api/exchanges/%2F?columns=name"):
         if exchange["name"].startswith(prefix):
-            _management("DELETE", f"/api/exchanges/%2F/{urllib.parse.quote(exchange['name'], safe='')}")
+            _management(
+                "DELETE", f"/api/exchanges/%2F/{urllib.parse.quote(exchange['name'], safe='')}"
+            )
 
 
 @contextmanager
@@ -224,14 +228,17 @@ async def follow_to_end(
 ) -> tuple[bytes, Any]:
     """Collect a job's output in order until its final state and its FINAL chunk are in."""
     from runlet.client import Reassembler
-    from runlet.messages import JobStateChanged, OutputChunk, ReplayFinished
+    from runlet.messages import TERMINAL, JobStateChanged, OutputChunk, ReplayFinished
 
     reasm = Reassembler(client.key, job_id, start)
     out = bytearray()
     final: JobStateChanged | None = None
     async with asyncio.timeout(timeout):
-        while final is None or (final.state not in ("expired", "rejected") and not reasm.finished
-                                and not (final.state == "cancelled" and reasm.next_seq == 0)):
+        while final is None or (
+            final.state not in ("expired", "rejected")
+            and not reasm.finished
+            and not (final.state == "cancelled" and reasm.next_seq == 0)
+        ):
             try:
                 msg = await asyncio.wait_for(watch.inbox.get(), 1.0)
             except TimeoutError:
@@ -244,8 +251,11 @@ async def follow_to_end(
                         out += piece
                 case JobStateChanged(job_id=jid) if jid == job_id and msg.terminal:
                     final = msg
-                case ReplayFinished():
-                    pass
+                case ReplayFinished(job_id=jid) if jid == job_id and final is None:
+                    if msg.state in TERMINAL:
+                        final = JobStateChanged(
+                            jid, msg.node, msg.state, 0, 0.0, "", msg.exit_code, msg.signal
+                        )
     assert final is not None
     return bytes(out), final
 

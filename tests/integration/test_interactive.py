@@ -14,8 +14,10 @@ def test_prompt_answered_from_another_device(fleet: Fleet) -> None:
     fleet.start_daemon("edge-2")
 
     async def scenario() -> None:
-        async with Client(fleet.client_config("edge-1"), fleet.key) as starter, \
-                Client(fleet.client_config("edge-3"), fleet.key) as helper:
+        async with (
+            Client(fleet.client_config("edge-1"), fleet.key) as starter,
+            Client(fleet.client_config("edge-3"), fleet.key) as helper,
+        ):
             watch = await starter.watch(job_id := "0" * 31 + "1")
             await starter.submit(JobSpec((PROMPT,)), "node:edge-2", job_id=job_id)
             await wait_state(watch, job_id, "running")

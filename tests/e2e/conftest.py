@@ -1,0 +1,212 @@
+"""End-to-end fixtures: real `runlet` processes in real pseudo-terminals, and what users see.
+
+A `Terminal` runs one `runlet` command under pexpect in its own pseudo-terminal and feeds
+every byte the terminal receives into a pyte screen, so tests assert on the screen a user
+would look at. `Terminal.key` sends what a real xterm sends for a key, including the
+application cursor mode (DECCKM) that curses programs switch on. Every terminal a test opens
+is closed (force) when it ends; the daemons are stopped by the `fleet` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pexpect
+import pyte  # type: ignore[import-untyped]
+import pytest
+
+from tests.support import BROKER_URL, REPO, Fleet
+
+TERM = "xterm-256color"
+DECCKM = 1 << 5  # pyte keeps private mode N as N << 5; mode 1 is the cursor keys' mode
+WAIT_SECONDS = 15.0
+CURSES_APP = Path(__file__).resolve().parent / "curses_app.py"
+
+# What xterm sends for each key; arrows depend on the cursor keys' mode (normal, application).
+_ARROWS = {"up": "A", "down": "B", "right": "C", "left": "D"}
+_KEYS = {
+    "f2": b"\x1bOQ",
+    "f10": b"\x1b[21~",
+    "enter": b"\r",
+    "ctrl-c": b"\x03",
+    "ctrl-]": b"\x1d",
+}
+
+
+def client_env() -> dict[str, str]:
+    """The environment of a client process: no RUNLET_* leaking in, a known terminal type."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLET_")}
+    env["TERM"] = TERM
+    return env
+
+
+def runlet_argv(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "runlet", "-c", str(config), *args]
+
+
+class Terminal:
+    """One `runlet` command in a real pseudo-terminal, with the screen its user sees."""
+
+    def __init__(self, argv: list[str], rows: int, cols: int) -> None:
+        self.screen = pyte.Screen(cols, rows)
+        self.stream = pyte.ByteStream(self.screen)
+        self.received = bytearray()
+        self.eof = False
+        self.child = pexpect.spawn(
+            argv[0], argv[1:], env=client_env(), cwd=str(REPO), dimensions=(rows, cols)
+        )
+
+    # -- what the user sees ------------------------------------------------------------------
+
+    def lines(self) -> list[str]:
+        """The screen, one string per row, trailing blanks removed."""
+        return [str(line).rstrip() for line in self.screen.display]
+
+    def text(self) -> str:
+        return "\n".join(self.lines())
+
+    def reversed_text(self) -> list[str]:
+        """The text shown in reverse video (a highlighted cursor), one string per row."""
+        rows = []
+        for y in range(self.screen.lines):
+            row = self.screen.buffer[y]
+            text = "".join(row[x].data for x in range(self.screen.columns) if row[x].reverse)
+            if text.strip():
+                rows.append(text.strip())
+        return rows
+
+    def pump(self, timeout: float = 0.05) -> None:
+        """Move what the terminal received so far onto the screen."""
+        if self.eof:
+            return
+        try:
+            while True:
+                data = self.child.read_nonblocking(65536, timeout)
+                self.received += data
+                self.stream.feed(data)
+                timeout = 0
+        except pexpect.TIMEOUT:
+            return
+        except pexpect.EOF:
+            self.eof = True
+
+    def wait_until(
+        self, predicate: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS
+    ) -> None:
+        """Pump output until `predicate` holds; fail showing the screen when it never does."""
+        end = time.monotonic() + timeout
+        while True:
+            self.pump()
+            if predicate():
+                return
+            if self.eof or time.monotonic() > end:
+                state = "the program ended" if self.eof else f"timed out after {timeout} s"
+                raise AssertionError(f"{state} waiting for {what}; screen:\n{self.text()}")
+
+    def wait_text(self, text: str, timeout: float = WAIT_SECONDS) -> None:
+        self.wait_until(lambda: text in self.text(), repr(text), timeout)
+
+    def wait_exit(self, timeout: float = WAIT_SECONDS) -> int:
+        """Wait for the program to end; its exit status (128+N if signal N killed it)."""
+        end = time.monotonic() + timeout
+        while not self.eof:
+            if time.monotonic() > end:
+                raise AssertionError(f"still running after {timeout} s; screen:\n{self.text()}")
+            self.pump(0.1)
+        self.child.close()
+        if self.child.signalstatus is not None:
+            return 128 + int(self.child.signalstatus)
+        return int(self.child.exitstatus)
+
+    # -- what the user does ------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self.child.send(data)
+
+    def key(self, name: str) -> None:
+        """Press a key as xterm would send it in the terminal's current mode."""
+        if name in _ARROWS:
+            self.pump()
+            lead = b"\x1bO" if DECCKM in self.screen.mode else b"\x1b["
+            self.send(lead + _ARROWS[name].encode())
+        else:
+            self.send(_KEYS[name])
+
+    def detach(self, pause: float = 0.6) -> None:
+        """Press the detach key alone: nothing else typed for a moment after it."""
+        self.key("ctrl-]")
+        time.sleep(pause)  # the rule under test is "a lone press, then a pause"
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Resize the window, as a terminal emulator does (the kernel sends SIGWINCH)."""
+        self.pump()
+        self.screen.resize(rows, cols)
+        self.child.setwinsize(rows, cols)
+
+    def close(self) -> None:
+        if self.child.isalive():
+            self.child.kill(signal.SIGTERM)
+        self.child.close(force=True)
+
+
+class OpenTerminal(Protocol):
+    def __call__(self, config: Path, *args: str, rows: int = 24, cols: int = 80) -> Terminal: ...
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _broker_is_up() -> None:
+    """Fail (never skip) the whole run when RabbitMQ is not reachable."""
+    host_port = BROKER_URL.split("@", 1)[-1].split("/", 1)[0]
+    host, _, port = host_port.partition(":")
+    try:
+        socket.create_connection((host, int(port or 5672)), timeout=5).close()
+    except OSError as exc:
+        pytest.fail(f"RabbitMQ is not reachable at {host_port} ({exc}); run `make services`")
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
+    """A fresh user; daemons started from it see TERM=xterm-256color unless a test says not."""
+    monkeypatch.setenv("TERM", TERM)
+    f = Fleet(tmp_path)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+@pytest.fixture
+def terminal() -> Iterator[OpenTerminal]:
+    """Opens `runlet -c CONFIG ARGS...` in a new pseudo-terminal; closes them all afterwards."""
+    opened: list[Terminal] = []
+
+    def open_terminal(config: Path, *args: str, rows: int = 24, cols: int = 80) -> Terminal:
+        term = Terminal(runlet_argv(config, *args), rows, cols)
+        opened.append(term)
+        return term
+
+    yield open_terminal
+    for term in opened:
+        term.close()
+
+
+def runlet(config: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run a non-interactive `runlet` command (no terminal) to its end."""
+    return subprocess.run(
+        runlet_argv(config, *args),
+        env=client_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
