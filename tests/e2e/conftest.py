@@ -114,6 +114,11 @@ class Terminal:
     def wait_text(self, text: str, timeout: float = WAIT_SECONDS) -> None:
         self.wait_until(lambda: text in self.text(), repr(text), timeout)
 
+    def wait_raw(self, timeout: float = WAIT_SECONDS) -> None:
+        """Wait until the program put its terminal in raw mode (echo off): ready for keys."""
+        if not self.child.waitnoecho(timeout):
+            raise AssertionError(f"the terminal never left cooked mode; screen:\n{self.text()}")
+
     def wait_exit(self, timeout: float = WAIT_SECONDS) -> int:
         """Wait for the program to end; its exit status (128+N if signal N killed it)."""
         end = time.monotonic() + timeout

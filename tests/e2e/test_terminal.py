@@ -134,6 +134,8 @@ def test_three_viewers_type_in_turn(fleet: Fleet, terminal: OpenTerminal) -> Non
         terminal(fleet.config_file(node, role="client"), "attach", job_id)
         for node in ("edge-3", "edge-4", "edge-5")
     ]
+    for viewer in viewers:
+        viewer.wait_raw()  # the job prints nothing until it reads: no other sign of readiness
     words = ("alpha", "bravo", "charlie")
     for number, (typist, word) in enumerate(zip(viewers, words, strict=True), start=1):
         typist.send(f"{word}\r".encode())
@@ -202,7 +204,7 @@ def test_cancel_escalates_to_sigkill(fleet: Fleet, terminal: OpenTerminal) -> No
     polite = start_detached(client, "sh", "-c", "echo waiting; while :; do sleep 0.1; done")
     watchers = {}
     for job_id, banner in ((stubborn, "ignoring"), (polite, "waiting")):
-        watchers[job_id] = terminal(client, "attach", "--read-only", job_id)
+        watchers[job_id] = terminal(client, "attach", "--read-only", job_id, cols=120)
         watchers[job_id].wait_text(banner)
 
     started = time.monotonic()

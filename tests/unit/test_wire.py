@@ -235,6 +235,8 @@ def test_register_unsupported_field_type_fails() -> None:
         class Bad:
             x: list[int]
 
+    assert "test-unsupported-field" not in wire._REGISTRY
+
 
 # --- hostile framing -------------------------------------------------------------------------
 

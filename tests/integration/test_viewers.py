@@ -1,0 +1,102 @@
+"""Late joiners, several viewers at once, and output that arrives whole, in order, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+
+from runlet.addresses import new_job_id
+from runlet.client import Client
+from runlet.payloads import JobSpec
+from tests.support import Fleet, follow_to_end, run, wait_state
+
+COUNT_JOB = "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line-$i; done; read x; echo bye-$x"
+
+
+def _lines(out: bytes) -> list[str]:
+    return [line for line in out.decode().replace("\r", "").split("\n") if line.startswith("line-")]
+
+
+def test_late_joiner_gets_everything_once_in_order(fleet: Fleet) -> None:
+    """A viewer joining mid-stream replays from 0 and follows live: no gap, no duplicate."""
+    fleet.start_daemon("edge-1")
+
+    async def scenario() -> None:
+        async with (
+            Client(fleet.client_config("a"), fleet.key) as starter,
+            Client(fleet.client_config("b"), fleet.key) as late,
+        ):
+            job_id = new_job_id()
+            w1 = await starter.watch(job_id)
+            await starter.submit(JobSpec((COUNT_JOB,)), "node:edge-1", job_id=job_id)
+            await wait_state(w1, job_id, "running")
+            await asyncio.sleep(0.05)  # join while the output is flowing
+            w2 = await late.watch(job_id)
+            await late.request_replay(job_id, w2)
+            await asyncio.sleep(0.5)
+            await late.send_input(job_id, b"ok\r", confirm=True)
+            first, f1 = await follow_to_end(starter, w1, job_id)
+            second, f2 = await follow_to_end(late, w2, job_id)
+            expected = [f"line-{i}" for i in range(1, 3001)]
+            assert _lines(first) == expected
+            assert _lines(second) == expected
+            assert first == second
+            assert b"bye-ok" in second
+            assert f1.state == f2.state == "exited"
+
+    run(scenario())
+
+
+def test_three_viewers_type_in_turn_and_all_see_everything(fleet: Fleet) -> None:
+    """Three viewers on one job: each types a line, every viewer sees all three answers."""
+    fleet.start_daemon("edge-1")
+    job = 'for i in 1 2 3; do read x; echo "answer $i: $x"; done'
+
+    async def scenario() -> None:
+        clients = [Client(fleet.client_config(f"v{n}"), fleet.key) for n in range(3)]
+        for client in clients:
+            await client.__aenter__()
+        try:
+            job_id = new_job_id()
+            watches = [await c.watch(job_id) for c in clients]
+            await clients[0].submit(JobSpec((job,)), "node:edge-1", job_id=job_id)
+            await wait_state(watches[0], job_id, "running")
+            for n, client in enumerate(clients):
+                await client.send_input(job_id, f"from-v{n}\r".encode(), confirm=True)
+                await asyncio.sleep(0.2)
+            results = [
+                await follow_to_end(c, w, job_id) for c, w in zip(clients, watches, strict=True)
+            ]
+            for out, final in results:
+                text = out.decode()
+                assert (
+                    text.index("answer 1: from-v0")
+                    < text.index("answer 2: from-v1")
+                    < text.index("answer 3: from-v2")
+                )
+                assert final.state == "exited"
+            assert results[0][0] == results[1][0] == results[2][0]
+        finally:
+            for client in clients:
+                await client.__aexit__(None, None, None)
+
+    run(scenario())
+
+
+def test_replay_of_a_finished_job(fleet: Fleet) -> None:
+    """Attaching after the end replays the whole output and reports the final state."""
+    fleet.start_daemon("edge-1")
+
+    async def scenario() -> None:
+        async with Client(fleet.client_config(), fleet.key) as client:
+            job_id = new_job_id()
+            w = await client.watch(job_id)
+            await client.submit(JobSpec(("echo done-once; exit 4",)), "node:edge-1", job_id=job_id)
+            await follow_to_end(client, w, job_id)
+        async with Client(fleet.client_config("later"), fleet.key) as later:
+            w2 = await later.watch(job_id)
+            await later.request_replay(job_id, w2)
+            out, final = await follow_to_end(later, w2, job_id)
+            assert out.count(b"done-once") == 1
+            assert (final.state, final.exit_code) == ("exited", 4)
+
+    run(scenario())
