@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from runlet import addresses, metrics, wire
-from runlet.broker import Broker, Incoming, QueueSpec
+from runlet.broker import Broker, Handler, Incoming, QueueSpec
 from runlet.errors import BrokerUnavailable, NoSuchTarget, ProtocolError, RunletError
 from runlet.local import CloseJobQueues, Delivered, OpenJobQueues, Publish, Settle
 from runlet.messages import ControlSent, InputSent, ReplayRequested, StartJob
@@ -114,7 +114,7 @@ class BrokerGateway(Actor):
         metrics.RECONNECTS.inc()
         self.log.info("broker_reconnected", url=self.broker.stats.url)
 
-    def _handler(self, queue: str, route: Route) -> Callable[[Incoming], object]:
+    def _handler(self, queue: str, route: Route) -> Handler:
         async def on_message(incoming: Incoming) -> None:
             try:
                 msg = wire.decode(incoming.body)
@@ -137,7 +137,7 @@ class BrokerGateway(Actor):
 
         return on_message
 
-    def _job_handler(self, job_id: str, concern: str) -> Callable[[Incoming], object]:
+    def _job_handler(self, job_id: str, concern: str) -> Handler:
         def route(msg: object) -> str | None:
             match msg:
                 case InputSent(job_id=jid) if concern == "input" and jid == job_id:

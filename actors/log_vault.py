@@ -90,10 +90,8 @@ class LogVault(Actor):
             )
         )
         self.ctx.router.tell(f"pty:{out.job_id}", OutputStored(out.job_id, out.seq, len(out.data)))
-        if out.final:
-            writer = self.writers.pop(out.job_id, None)
-            if writer is not None:
-                writer.close()
+        if out.final and out.job_id in self.writers:
+            self.writers.pop(out.job_id).close()
 
     def _replay(self, ask: Replay) -> None:
         next_seq = ask.from_seq

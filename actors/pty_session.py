@@ -86,9 +86,7 @@ class PtySession(Actor):
         self.pump = Pump(
             self.ctx.loop.loop,
             self.pty,
-            emit=lambda seq, at, data, final: self.ctx.router.tell(
-                VAULT, OutputProduced(self.job_id, seq, at, data, final)
-            ),
+            emit=self._emit,
             exited=lambda status: _tell(ref, ("exited", status)),
         )
         self.ctx.loop.call(self.pump.start)
@@ -97,6 +95,10 @@ class PtySession(Actor):
         if spec.timeout is not None:
             grace = self.ctx.settings.jobs.grace_seconds
             self.tell_self_later(spec.timeout, Terminate(self.job_id, grace, "timed_out"))
+
+    def _emit(self, seq: int, at: float, data: bytes, final: bool) -> None:
+        """Runs on the I/O loop: hand a chunk to the vault (the router is thread-safe)."""
+        self.ctx.router.tell(VAULT, OutputProduced(self.job_id, seq, at, data, final))
 
     def on_stop(self) -> None:
         if self.pump is not None:

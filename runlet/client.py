@@ -68,7 +68,7 @@ def target_of(spec: str, own_node: str) -> str:
     return f"node:{spec}"
 
 
-def exit_status(event: JobStateChanged) -> int:
+def exit_status(event: JobStateChanged) -> int:  # noqa: PLR0911 - one return per state
     """The shell-style exit status a client reports for a job's final state."""
     match event.state:
         case "exited":

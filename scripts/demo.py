@@ -1,4 +1,4 @@
-"""`make demo`: two daemons on this machine, a prompting job started on one, answered from the other.
+"""`make demo`: two daemons here; a prompting job started on one, answered from the other.
 
 1. writes two daemon configs (edge-1, edge-2) under .demo/ and one fleet key;
 2. starts both daemons (`runlet start`) against the local RabbitMQ;
@@ -61,7 +61,8 @@ def read_until(
     proc: subprocess.Popen[bytes], pattern: bytes, timeout: float
 ) -> tuple[bytes, bytes]:
     """Read the job's stdout and stderr until `pattern` shows up in stdout; echo both."""
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     sel.register(proc.stderr, selectors.EVENT_READ)
@@ -118,7 +119,7 @@ def main() -> int:
 
         step(f"edge-2: runlet send {job_id} 'y\\r'   (answering from the other device)")
         subprocess.run([*RUNLET, "-c", str(edge2), "send", job_id, "y\\r"], check=True)
-        rest, rest_err = read_until(run, b"\0never\0", 30)
+        rest, _ = read_until(run, b"\0never\0", 30)
         status = run.wait(30)
         out += rest
 

@@ -189,10 +189,10 @@ class DaemonProcess:
 
 
 def _management(method: str, path: str) -> Any:
-    request = urllib.request.Request(f"{MANAGEMENT_URL}{path}", method=method)
+    request = urllib.request.Request(f"{MANAGEMENT_URL}{path}", method=method)  # noqa: S310
     token = base64.b64encode(b"guest:guest").decode()
     request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - http to loopback
         body = response.read()
     return json.loads(body) if body else None
 

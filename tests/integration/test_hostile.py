@@ -47,7 +47,7 @@ def _dead_count(user: str) -> int:
 
 @pytest.mark.parametrize("key", ["dispatch.node.edge-1", "dispatch.any", "node.edge-1.rpc"])
 def test_garbage_on_shared_queues_is_dead_lettered(fleet: Fleet, key: str) -> None:
-    """Garbage, truncated, oversize and misplaced messages are dead-lettered; real jobs still run."""
+    """Garbage, truncated, oversize, misplaced messages are dead-lettered; real jobs still run."""
     fleet.start_daemon("edge-1")
     bodies = _bad_bodies(new_job_id(), fleet.user)
     if key.startswith("dispatch"):

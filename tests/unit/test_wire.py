@@ -687,3 +687,40 @@ def test_random_field_values() -> None:
         for name in rng.sample(sorted(raw), rng.randrange(1, 3)):
             raw[name] = rng.choice(pool)
         _decodes_or_rejects(_pack(raw))
+
+
+# --- known bugs: strict xfails, so a fix turns them into failures to un-mark -------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="BUG wire.py:85: `version != WIRE_VERSION` lets True and 1.0 through (True == 1 == 1.0)",
+)
+@pytest.mark.parametrize("version", [True, 1.0])
+def test_version_must_be_the_integer(version: object) -> None:
+    """A version of the wrong type (true, 1.0) is rejected like any other wrong version."""
+    raw = _raw(_sample(m.OutputChunk)) | {"v": version}
+    _rejects(_pack(raw), "unsupported wire version")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="BUG wire.py:63-75: encode does not check what decode checks, so a sender can "
+    "emit a message every receiver dead-letters",
+)
+@pytest.mark.parametrize(
+    "msg",
+    [
+        m.JobStateChanged(JOB, "n", "exited", 0, NAN),
+        m.StartJob(JOB, "u", "any", "o", b"", 1.0, deadline=INF),
+        m.JobStateChanged(JOB, "n", "exited", 0, 1.0, detail="x" * (wire.MAX_STR + 1)),
+        m.NodeHeartbeat("n", 1.0, "v", "p", ("t",) * (wire.MAX_ITEMS + 1)),
+    ],
+    ids=["nan", "inf", "long-string", "long-tuple"],
+)
+def test_encode_refuses_what_decode_rejects(msg: object) -> None:
+    """What encode produces always decodes: it refuses non-finite floats and oversize fields."""
+    with pytest.raises(ProtocolError):
+        wire.encode(msg)
