@@ -3,11 +3,13 @@ escapes of `runlet send` (runlet.commands.unescape)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from runlet.client import Reassembler, exit_status, target_of
 from runlet.commands import unescape
-from runlet.crypto import FleetKey
+from runlet.crypto import FleetKey, Kind
 from runlet.errors import ProtocolError
 from runlet.logfile import seal_output
 from runlet.messages import STATES, JobStateChanged, OutputChunk
@@ -321,3 +323,79 @@ def test_unescape_size_counts_bytes_not_characters() -> None:
     assert len(unescape("é" * 30_000)) == 60_000
     with pytest.raises(ProtocolError, match="at most 60000"):
         unescape("é" * 30_001)
+
+
+# --- known bugs: strict xfails, so a fix turns them into failures to un-mark -------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG client.py:272: FINAL is taken from the unauthenticated flags even when the "
+    "chunk failed to open, so a forged chunk ends the stream",
+)
+def test_forged_final_does_not_finish() -> None:
+    """A chunk that does not authenticate cannot mark the stream finished."""
+    r = Reassembler(FLEET, JOB)
+    r.feed(chunk(0, b"x", final=True, fleet=STRANGER))
+    assert r.bad_chunks == 1
+    assert not r.finished
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG client.py:259-271: a chunk that fails to open still uses up its seq (and "
+    "blocks it while pending), so the genuine chunk arriving later is dropped as a duplicate",
+)
+@pytest.mark.parametrize("forged_seq", [0, 1])
+def test_forged_chunk_does_not_shadow_genuine(forged_seq: int) -> None:
+    """A forged chunk arriving first does not stop the genuine one from being shown."""
+    r = Reassembler(FLEET, JOB)
+    r.feed(chunk(forged_seq, b"forged", fleet=STRANGER))
+    shown = r.feed(chunk(1, b"one")) + r.feed(chunk(0, b"zero"))
+    assert b"".join(shown) == b"zeroone"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ProtocolError,
+    reason="BUG client.py:266-267: open_output's ProtocolError (plaintext under 8 bytes) is "
+    "not caught: feed raises after popping the chunk, and the stream is stuck at that seq",
+)
+def test_authentic_chunk_without_timestamp() -> None:
+    """A well-sealed chunk too short to hold a timestamp is counted bad and skipped."""
+    r = Reassembler(FLEET, JOB)
+    sealed = FLEET.job_key(JOB).seal(Kind.OUTPUT, 0, b"abc")
+    assert r.feed(OutputChunk(JOB, 0, 0, sealed)) == [b""]
+    assert r.bad_chunks == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG client.py:75,77: exit_code and signal are not bounded (neither by the message "
+    "nor here); a process status is taken mod 256, so exit_code 256 or signal -128 "
+    "makes a failed job exit 0",
+)
+@pytest.mark.parametrize(
+    ("state", "exit_code", "signal"),
+    [("exited", 256, None), ("killed", None, -128), ("cancelled", None, 2**40)],
+)
+def test_exit_status_fits_a_process_status(
+    state: str, exit_code: int | None, signal: int | None
+) -> None:
+    """Whatever a daemon reports, a failed job's status is 1..255, never 0 after truncation."""
+    assert 1 <= exit_status(_event(state, exit_code, signal)) <= 255
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=UnicodeEncodeError,
+    reason="BUG commands.py:210: `ch.encode()` fails on surrogates, which is how Python "
+    "decodes non-UTF-8 bytes in argv (runlet send ID $'\\xff' ends in a traceback)",
+)
+def test_unescape_undecodable_argv_byte() -> None:
+    """A surrogate-escaped argv byte is sent as that byte (or refused as ProtocolError)."""
+    with contextlib.suppress(ProtocolError):
+        assert unescape("\udcff") == b"\xff"

@@ -393,3 +393,57 @@ def test_input_not_a_control(key: JobKey) -> None:
     sealed = seal_input(key, "laptop", 1, msgpack.packb({"op": "cancel"}))
     with pytest.raises(CryptoError):
         Control.open(key, "laptop", 1, sealed)
+
+
+# --- known bugs: strict xfails, so a fix turns them into failures to un-mark -------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="BUG payloads.py:54-56: `timeout <= 0` is False for NaN and inf, so they pass; "
+    "the PTY session's timer thread then dies (threading.Timer(nan/inf)) and the job never "
+    "times out",
+)
+@pytest.mark.parametrize("timeout", [math.nan, math.inf])
+def test_non_finite_timeout(key: JobKey, timeout: float) -> None:
+    """A NaN or infinite timeout is refused."""
+    with pytest.raises(ProtocolError, match="timeout"):
+        JobSpec.open(key, _seal_command(key, {"argv": ["x"], "timeout": timeout}))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="BUG payloads.py:44: `raw.get('env') or {}` turns any falsy non-map "
+    "([], 0, '', false) into an empty environment instead of refusing it",
+)
+@pytest.mark.parametrize("env", [[], 0, "", False])
+def test_falsy_env_of_wrong_type(key: JobKey, env: object) -> None:
+    """An env that is not a map is refused even when it is empty or zero."""
+    with pytest.raises(ProtocolError, match="env"):
+        JobSpec.open(key, _seal_command(key, {"argv": ["x"], "env": env}))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="BUG payloads.py:48: an empty env name passes; the spawn then fails later "
+    "(ptys._check_command) instead of the command being refused as malformed",
+)
+def test_empty_env_name(key: JobKey) -> None:
+    """An environment variable with an empty name is refused."""
+    with pytest.raises(ProtocolError, match="env"):
+        JobSpec.open(key, _seal_command(key, {"argv": ["x"], "env": {"": "v"}}))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="BUG payloads.py:50-52: a cwd with a NUL passes; ptys._check_cwd then raises "
+    "ValueError (os.stat: embedded null byte), not SpawnFailed",
+)
+def test_cwd_with_nul(key: JobKey) -> None:
+    """A working directory containing NUL is refused like argv and env items with NUL."""
+    with pytest.raises(ProtocolError, match="cwd"):
+        JobSpec.open(key, _seal_command(key, {"argv": ["x"], "cwd": "/tmp\0x"}))
