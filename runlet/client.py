@@ -23,6 +23,7 @@ from runlet.broker import Broker, Incoming, QueueSpec
 from runlet.config import Config
 from runlet.crypto import FleetKey
 from runlet.errors import CryptoError, NoSuchTarget, ProtocolError
+from runlet.logfile import FLAG_FINAL, open_output
 from runlet.messages import (
     ControlSent,
     InputSent,
@@ -72,7 +73,7 @@ def exit_status(event: JobStateChanged) -> int:  # noqa: PLR0911 - one return pe
     """The shell-style exit status a client reports for a job's final state."""
     match event.state:
         case "exited":
-            return event.exit_code if event.exit_code is not None else 0
+            return event.exit_code if event.exit_code is not None else 1
         case "killed" | "cancelled" if event.signal is not None:
             return 128 + event.signal
         case "cancelled":
@@ -239,17 +240,15 @@ def _dispatch_key(kind: str, name: str) -> str:
 class Reassembler:
     """Puts a job's output chunks back in order: no gap, no duplicate, whatever the source.
 
-    Live chunks and replayed chunks may arrive interleaved; each chunk is opened on its own
-    (so a viewer may start anywhere) and written exactly once, in sequence order.
+    Live chunks and replayed chunks may arrive interleaved. Each chunk is authenticated as it
+    arrives (so a viewer may start anywhere): one that does not open is counted and dropped
+    without taking its sequence number, so a forgery can neither end nor block the stream.
     """
 
     def __init__(self, key: FleetKey, job_id: str, start: int = 0) -> None:
-        from runlet.logfile import open_output
-
-        self._open = open_output
         self.key = key.job_key(job_id)
         self.next_seq = start
-        self.pending: dict[int, OutputChunk] = {}
+        self.pending: dict[int, tuple[bytes, bool]] = {}
         self.finished = False
         self.bad_chunks = 0
         self.gap_since: float | None = None
@@ -258,19 +257,18 @@ class Reassembler:
         """Take a chunk; return the plaintext pieces now ready to show, in order."""
         if chunk.seq < self.next_seq or chunk.seq in self.pending:
             return []
-        self.pending[chunk.seq] = chunk
+        try:
+            _, data = open_output(self.key, chunk.seq, chunk.flags, chunk.sealed)
+        except (CryptoError, ProtocolError):
+            self.bad_chunks += 1
+            return []
+        self.pending[chunk.seq] = (data, bool(chunk.flags & FLAG_FINAL))
         ready: list[bytes] = []
         while self.next_seq in self.pending:
-            current = self.pending.pop(self.next_seq)
-            try:
-                _, data = self._open(self.key, current.seq, current.flags, current.sealed)
-            except CryptoError:
-                self.bad_chunks += 1
-                data = b""
+            data, final = self.pending.pop(self.next_seq)
             ready.append(data)
             self.next_seq += 1
-            if current.flags & 1:
-                self.finished = True
+            self.finished = self.finished or final
         self.gap_since = (self.gap_since or time.monotonic()) if self.pending else None
         return ready
 

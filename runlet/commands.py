@@ -207,7 +207,7 @@ def unescape(text: str) -> bytes:
     while i < len(text):
         ch = text[i]
         if ch != "\\" or i + 1 == len(text):
-            out += ch.encode()
+            out += ch.encode("utf-8", "surrogateescape")  # argv bytes that are not UTF-8
             i += 1
             continue
         nxt = text[i + 1]

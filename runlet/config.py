@@ -17,6 +17,10 @@ text. List keys split plain text on commas (``RUNLET_TAGS=gpu,arm``); string and
 take the text as written unless it is a quoted TOML string (``RUNLET_USER=42`` is the user
 ``"42"``). An unknown ``RUNLET_<SECTION>__<KEY>`` is an error; other ``RUNLET_*`` names are
 left to whoever uses them.
+
+An optional section (``[storage]``) that neither the file nor the environment mentions is
+None in `Config`: the feature is off. Naming any of its keys turns it on, and then its
+required keys must be set too.
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ CONFIG_ENV = "RUNLET_CONFIG"
 
 _ENV_PREFIX = "RUNLET_"
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4_LIKE = re.compile(r"\d+\.\d+\.\d+\.\d+")
+# Reserved by AWS for its own bucket kinds (access points, directory and table buckets).
+_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+_REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _PREVIEW_CHARS = 60
 
 
@@ -88,6 +98,30 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """Where finished logs go: section ``[storage]``, an S3-compatible store (MinIO, AWS).
+
+    Absent, `Config.storage` is None and logs stay on the device that wrote them. The access
+    keys live in `credentials_file`, never here; without one, the AWS default chain is used.
+    """
+
+    bucket: str
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    credentials_file: Path | None = None
+    path_style: bool = True
+    checkpoint_seconds: float = 60.0
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class VaultConfig:
+    """How much the local log vault may hold: section ``[vault]``."""
+
+    max_bytes: int = 0  # 0: unbounded; only logs already uploaded are ever evicted
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole checked configuration of one daemon or client."""
 
@@ -100,6 +134,8 @@ class Config:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    storage: StorageConfig | None = None
+    vault: VaultConfig = field(default_factory=VaultConfig)
     source: str | None = None
 
 
@@ -213,6 +249,79 @@ class _Text:
 
     def __call__(self, value: object) -> str:
         return _text(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Bool:
+    shape: ClassVar[_Shape] = "scalar"
+    doc: ClassVar[str] = "true | false"
+
+    def __call__(self, value: object) -> bool:
+        if not isinstance(value, bool):
+            raise _Invalid(_expected("true or false", value))
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Bucket:
+    shape: ClassVar[_Shape] = "text"
+    doc: ClassVar[str] = "S3 bucket name (3-63 of a-z 0-9 . -)"
+
+    def __call__(self, value: object) -> str:
+        name = _text(value)
+        if not _BUCKET.fullmatch(name):
+            raise _Invalid(
+                "must be an S3 bucket name: 3 to 63 lower-case letters, digits, '.' or '-',"
+                f" starting and ending with a letter or digit, got {_preview(name)}"
+            )
+        if ".." in name or _IPV4_LIKE.fullmatch(name):
+            raise _Invalid(f"must not hold '..' or look like an IP address, got {_preview(name)}")
+        if name.startswith(_BUCKET_PREFIXES) or name.endswith(_BUCKET_SUFFIXES):
+            raise _Invalid(f"uses a prefix or suffix S3 reserves, got {_preview(name)}")
+        return name
+
+
+@dataclass(frozen=True, slots=True)
+class _Region:
+    shape: ClassVar[_Shape] = "text"
+    doc: ClassVar[str] = "region name (1-64 of A-Z a-z 0-9 _ -)"
+
+    def __call__(self, value: object) -> str:
+        region = _text(value)
+        if not _REGION.fullmatch(region):
+            # It goes into host names and request signatures: no dots, slashes or spaces.
+            raise _Invalid(
+                "must be 1 to 64 ASCII letters, digits, '_' or '-' (like us-east-1),"
+                f" got {_preview(region)}"
+            )
+        return region
+
+
+@dataclass(frozen=True, slots=True)
+class _HttpUrl:
+    shape: ClassVar[_Shape] = "text"
+    doc: ClassVar[str] = "http:// or https:// URL"
+
+    def __call__(self, value: object) -> str:
+        url = _text(value)
+        if any(char <= " " or char == "\x7f" for char in url):
+            raise _Invalid("must not contain spaces or control characters")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise _Invalid("is not a valid URL, or has a bad port (1 to 65535)") from None
+        if parts.scheme.lower() not in ("http", "https"):
+            raise _Invalid("must start with http:// or https://")
+        if not parts.hostname:
+            raise _Invalid("must name a host (https://host:port)")
+        if port == 0:
+            raise _Invalid("has a bad port: it must be a number from 1 to 65535")
+        if "@" in parts.netloc:  # never echo it: that part is a login
+            raise _Invalid("must not hold a login: put the keys in storage.credentials_file")
+        if parts.query or parts.fragment:  # not echoed either: a query may hold a signature
+            raise _Invalid("must not have a query (?...) or fragment (#...)")
+        return url
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +449,7 @@ class _Key:
 class _Section:
     cls: type[Any]
     keys: Mapping[str, _Key]
+    optional: bool = False  # absent from the file and the environment: the field is None
 
 
 def _keyed(*keys: _Key) -> dict[str, _Key]:
@@ -403,6 +513,43 @@ _SECTIONS: dict[str, _Section] = {
             ),
         ),
     ),
+    "storage": _Section(
+        StorageConfig,
+        _keyed(
+            _Key(
+                "endpoint_url",
+                _HttpUrl(),
+                "S3-compatible store to upload logs to; unset: AWS's own endpoint",
+            ),
+            _Key("bucket", _Bucket(), "bucket holding every log of this user", required=True),
+            _Key("region", _Region(), "region the requests are signed for"),
+            _Key(
+                "credentials_file",
+                _PathValue(),
+                "TOML file with access_key_id and secret_access_key, mode 600; unset: AWS's"
+                " default chain",
+            ),
+            _Key("path_style", _Bool(), "bucket in the URL path, as MinIO wants, not the host"),
+            _Key(
+                "checkpoint_seconds",
+                _Positive(86400),
+                "seconds between uploads of a running job's log so far",
+            ),
+            _Key("timeout_seconds", _Positive(3600), "seconds to connect, and between reads"),
+        ),
+        optional=True,
+    ),
+    "vault": _Section(
+        VaultConfig,
+        _keyed(
+            _Key(
+                "max_bytes",
+                _Int(0, 2**63 - 1),
+                "bytes of logs kept on this device, 0 for no bound; only uploaded logs are"
+                " evicted, oldest first",
+            ),
+        ),
+    ),
 }
 
 
@@ -428,6 +575,8 @@ def _describe(dotted: str, key: _Key, cls: type[Any]) -> tuple[str, str, str]:
 def _literal(value: object) -> str:
     if value is None:
         return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, tuple):
         return "[" + ", ".join(_literal(item) for item in value) + "]"
     return json.dumps(value) if isinstance(value, str) else str(value)
@@ -630,10 +779,12 @@ def _toml_value(text: str) -> object | None:
 
 def _build(table: Mapping[str, Any], base_dir: Path, origins: _Origins) -> Config:
     top = _convert_table("", _TOP_KEYS, table, base_dir, origins)
-    sections = {
+    sections: dict[str, Any] = {
         name: section.cls(
             **_convert_table(f"{name}.", section.keys, table.get(name, {}), base_dir, origins)
         )
+        if name in table or not section.optional
+        else None
         for name, section in _SECTIONS.items()
     }
     if "node" not in top:

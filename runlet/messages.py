@@ -53,6 +53,13 @@ def _seq(seq: int) -> None:
         raise ValueError(f"sequence number {seq} out of range")
 
 
+def _status(exit_code: int | None, signal: int | None) -> None:
+    if exit_code is not None and not 0 <= exit_code <= 255:
+        raise ValueError(f"exit code {exit_code} out of range 0..255")
+    if signal is not None and not 1 <= signal <= 127:
+        raise ValueError(f"signal {signal} out of range 1..127")
+
+
 def parse_target(target: str) -> tuple[str, str]:
     """Split a target (`node:N`, `any`, `all`, `tag:T`) into (kind, name); ValueError if bad."""
     if target in ("any", "all"):
@@ -113,6 +120,7 @@ class JobStateChanged:
         _seq(self.seq)
         if self.state not in STATES:
             raise ValueError(f"unknown state {self.state[:40]!r}")
+        _status(self.exit_code, self.signal)
 
     @property
     def terminal(self) -> bool:
@@ -202,6 +210,7 @@ class ReplayFinished:
         _seq(self.next_seq)
         if self.state not in STATES:
             raise ValueError(f"unknown state {self.state[:40]!r}")
+        _status(self.exit_code, self.signal)
 
 
 @message("presence")

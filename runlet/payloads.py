@@ -7,6 +7,7 @@ clear wire messages once opened.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from runlet.errors import ProtocolError
 MAX_ARGV = 4096
 MAX_ENV = 512
 MAX_TEXT = 128 * 1024
+SHELL_SYNTAX = frozenset(" \t\n;|&$<>()'\"*?`~[]{}#!=")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,25 +43,25 @@ class JobSpec:
             raise ProtocolError("command: argv must be a non-empty list")
         if not all(isinstance(a, str) and "\0" not in a for a in argv):
             raise ProtocolError("command: argv items must be text without NUL")
-        env = raw.get("env") or {}
+        env = raw.get("env", {})
         if not isinstance(env, dict) or len(env) > MAX_ENV:
             raise ProtocolError("command: env must be a map")
         for k, v in env.items():
-            if not (isinstance(k, str) and isinstance(v, str)) or "=" in k or "\0" in k + v:
-                raise ProtocolError("command: env keys and values must be text")
+            if not (isinstance(k, str) and isinstance(v, str)) or not k or "=" in k:
+                raise ProtocolError("command: env names must be non-empty text without '='")
+            if "\0" in k + v:
+                raise ProtocolError("command: env names and values must not contain NUL")
         cwd = raw.get("cwd")
-        if cwd is not None and not isinstance(cwd, str):
-            raise ProtocolError("command: cwd must be text")
+        if cwd is not None and (not isinstance(cwd, str) or "\0" in cwd):
+            raise ProtocolError("command: cwd must be text without NUL")
         timeout = raw.get("timeout")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-        ):
+        if timeout is not None and not _positive_finite(timeout):
             raise ProtocolError("command: timeout must be a positive number")
         return cls(tuple(argv), dict(env), cwd, None if timeout is None else float(timeout))
 
     def argv_for(self, shell: str) -> list[str]:
         """The argv to exec: a single argument with spaces runs through the shell."""
-        if len(self.argv) == 1 and any(c in self.argv[0] for c in " \t;|&$<>()'\"*?`\n"):
+        if len(self.argv) == 1 and any(c in self.argv[0] for c in SHELL_SYNTAX):
             return [shell, "-c", self.argv[0]]
         return list(self.argv)
 
@@ -100,6 +102,12 @@ def seal_input(key: JobKey, viewer: str, seq: int, data: bytes) -> bytes:
 
 def open_input(key: JobKey, viewer: str, seq: int, sealed: bytes) -> bytes:
     return key.open(Kind.INPUT, seq, sealed, sender=viewer)
+
+
+def _positive_finite(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value > 0
 
 
 def _pack(body: dict[str, Any]) -> bytes:

@@ -66,9 +66,10 @@ def encode(msg: object) -> bytes:
     if tag is None:
         raise TypeError(f"{type(msg).__name__} is not a registered wire message")
     body: dict[str, Any] = {"t": tag, "v": WIRE_VERSION}
-    for f in dataclasses.fields(msg):  # type: ignore[arg-type]
-        value = getattr(msg, f.name)
-        body[f.name] = list(value) if isinstance(value, tuple) else value
+    for name, check, _ in _REGISTRY[tag][1]:
+        value = getattr(msg, name)
+        body[name] = list(value) if isinstance(value, tuple) else value
+        check(f"{tag}.{name}", body[name])  # never send what a receiver would refuse
     data: bytes = msgpack.packb(body, use_bin_type=True)
     if len(data) > MAX_MESSAGE:
         raise ProtocolError(f"{tag} message is {len(data)} bytes, over the {MAX_MESSAGE} limit")
@@ -82,7 +83,7 @@ def decode(data: bytes) -> Any:
     if not isinstance(tag, str) or tag not in _REGISTRY:
         raise ProtocolError(f"unknown message type {_show(tag)}")
     version = raw.get("v")
-    if version != WIRE_VERSION:
+    if type(version) is not int or version != WIRE_VERSION:
         raise ProtocolError(f"{tag}: unsupported wire version {_show(version)}")
     cls, fields = _REGISTRY[tag]
     kwargs: dict[str, Any] = {}
@@ -132,10 +133,13 @@ def _unpack(data: bytes) -> dict[str, Any]:
         )
     except msgpack.ExtraData as exc:
         raise ProtocolError("trailing bytes after the message") from exc
-    except (ValueError, msgpack.UnpackException, TypeError) as exc:
-        raise ProtocolError(f"not a valid msgpack message ({type(exc).__name__}: {exc})") from exc
-    except RecursionError as exc:
+    except msgpack.StackError as exc:
         raise ProtocolError("message nested too deeply") from exc
+    except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
+        detail = str(exc) or "malformed data"
+        raise ProtocolError(
+            f"not a valid msgpack message ({type(exc).__name__}: {detail})"
+        ) from exc
     if not isinstance(raw, dict):
         raise ProtocolError(f"message must be a map, got {type(raw).__name__}")
     return raw
@@ -172,12 +176,16 @@ def _checker(tp: Any) -> Checker:
 def _check_tuple(where: str, value: Any, item: Checker) -> tuple[Any, ...]:
     if not isinstance(value, list):
         raise ProtocolError(f"{where}: expected a list, got {type(value).__name__}")
+    if len(value) > MAX_ITEMS:
+        raise ProtocolError(f"{where}: {len(value)} items, over the {MAX_ITEMS} limit")
     return tuple(item(f"{where}[{i}]", v) for i, v in enumerate(value))
 
 
 def _check_str(where: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ProtocolError(f"{where}: expected text, got {type(value).__name__}")
+    if len(value) > MAX_STR:
+        raise ProtocolError(f"{where}: text of {len(value)} characters, over the {MAX_STR} limit")
     return value
 
 
