@@ -32,8 +32,11 @@ class Governor(Actor):
 
     def handle(self, message: object) -> None:
         match message:
+            case RequestSlot(job_id=job_id) if job_id in self.running:
+                # granted before, but the grant was lost with a crashed job queue: grant again
+                self.ctx.router.tell(JOB_QUEUE, SlotGranted(job_id))
             case RequestSlot(job_id=job_id):
-                if job_id not in self.running and job_id not in self.waiting:
+                if job_id not in self.waiting:
                     self.waiting.append(job_id)
                 self._grant()
             case ReleaseSlot(job_id=job_id):

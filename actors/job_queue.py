@@ -65,7 +65,7 @@ class JobQueue(Actor):
             if self.ctx.router.has(f"pty:{entry.job_id}"):
                 continue  # only this actor restarted: the session (and its child) lives on
             self.log.warning("job_interrupted", job=entry.job_id)
-            self._change(entry.job_id, "interrupted", detail="the daemon stopped while it ran")
+            self._finish(entry.job_id, "interrupted", detail="the daemon stopped while it ran")
             self.ctx.router.tell(VAULT, OpenLog(entry.job_id, finalise=True))
         for entry in self.journal.queued():
             self.log.info(
@@ -79,6 +79,10 @@ class JobQueue(Actor):
     def on_stop(self) -> None:
         if self.journal is not None:
             self.journal.close()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self.on_stop()
+        super().on_failure(*exc_info)
 
     @property
     def _journal(self) -> Journal:
@@ -147,6 +151,8 @@ class JobQueue(Actor):
 
     def _start(self, job_id: str) -> None:
         entry = self._journal.get(job_id)
+        if self.ctx.router.has(f"pty:{job_id}"):
+            return  # a repeated grant: its session exists already
         if entry is None or entry.state != "queued":
             self.ctx.router.tell(GOVERNOR, ReleaseSlot(job_id))
             return
@@ -167,6 +173,9 @@ class JobQueue(Actor):
     def _running(self, job_id: str) -> None:
         # "running" invites keystrokes: it is announced once the input queue exists
         announce = self._change(job_id, "running", send=False)
+        if announce is None:  # cancelled while its session started: end that session now
+            self.ctx.router.tell(f"pty:{job_id}", Terminate(job_id, self.grace, "cancelled"))
+            return
         opening = OpenJobQueues(job_id, input=True, control=False, announce=announce)
         self.ctx.router.tell(GATEWAY, opening)
         entry = self._journal.get(job_id)
@@ -189,6 +198,12 @@ class JobQueue(Actor):
             return
         code = status.code if status else None
         sig = status.signal if status else None
+        if code is not None and not 0 <= code <= 255:  # Windows codes such as 0xC000013A
+            details = f"exit code {code:#x}"
+            ended = SessionEnded(ended.job_id, ended.how, status, ended.detail or details)
+            code = 255
+        if sig is not None and not 1 <= sig <= 127:
+            sig = 127
         self._finish(ended.job_id, ended.how, exit_code=code, signal=sig, detail=ended.detail)
         self.log.info("job_finished", job=ended.job_id, state=ended.how, exit_code=code, signal=sig)
 
@@ -223,6 +238,9 @@ class JobQueue(Actor):
             return
         session = f"pty:{job_id}"
         match control.op:
+            case "cancel" if entry.state == "queued" and self.ctx.router.has(session):
+                # its session is starting: ending it reports the job cancelled
+                self.ctx.router.tell(session, Terminate(job_id, self.grace, "cancelled"))
             case "cancel" if entry.state == "queued":
                 self._finish(job_id, "cancelled", detail="cancelled before it started")
             case "cancel" if entry.state == "running":

@@ -141,7 +141,7 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < 10 * 365 * 86400:
+    if not 0 < value <= 30 * 86400:
         raise argparse.ArgumentTypeError(f"seconds out of range: {text}")
     return value
 

@@ -207,7 +207,10 @@ def unescape(text: str) -> bytes:
     while i < len(text):
         ch = text[i]
         if ch != "\\" or i + 1 == len(text):
-            out += ch.encode("utf-8", "surrogateescape")  # argv bytes that are not UTF-8
+            try:
+                out += ch.encode("utf-8", "surrogateescape")  # argv bytes that are not UTF-8
+            except UnicodeEncodeError:
+                raise ProtocolError(f"text has an invalid character at position {i}") from None
             i += 1
             continue
         nxt = text[i + 1]

@@ -230,3 +230,5 @@ class NodeHeartbeat:
         _name("node", self.node)
         for tag in self.tags:
             _name("tag", tag)
+        if self.running < 0 or self.queued < 0:
+            raise ValueError("running and queued counts cannot be negative")

@@ -8,6 +8,7 @@ clear wire messages once opened.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from runlet.errors import ProtocolError
 MAX_ARGV = 4096
 MAX_ENV = 512
 MAX_TEXT = 128 * 1024
+MAX_TIMEOUT = min(threading.TIMEOUT_MAX, 30 * 86400.0)  # seconds; a timer takes no more
 SHELL_SYNTAX = frozenset(" \t\n;|&$<>()'\"*?`~[]{}#!=")
 
 
@@ -47,8 +49,10 @@ class JobSpec:
         if not isinstance(env, dict) or len(env) > MAX_ENV:
             raise ProtocolError("command: env must be a map")
         for k, v in env.items():
-            if not (isinstance(k, str) and isinstance(v, str)) or not k or "=" in k:
+            if not isinstance(k, str) or not k or "=" in k:
                 raise ProtocolError("command: env names must be non-empty text without '='")
+            if not isinstance(v, str):
+                raise ProtocolError(f"command: env value of {k[:40]!r} must be text")
             if "\0" in k + v:
                 raise ProtocolError("command: env names and values must not contain NUL")
         cwd = raw.get("cwd")
@@ -56,7 +60,9 @@ class JobSpec:
             raise ProtocolError("command: cwd must be text without NUL")
         timeout = raw.get("timeout")
         if timeout is not None and not _positive_finite(timeout):
-            raise ProtocolError("command: timeout must be a positive number")
+            raise ProtocolError(
+                f"command: timeout must be a number of seconds in (0, {MAX_TIMEOUT:.0f}]"
+            )
         return cls(tuple(argv), dict(env), cwd, None if timeout is None else float(timeout))
 
     def argv_for(self, shell: str) -> list[str]:
@@ -107,7 +113,7 @@ def open_input(key: JobKey, viewer: str, seq: int, sealed: bytes) -> bytes:
 def _positive_finite(value: object) -> bool:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    return math.isfinite(value) and value > 0
+    return math.isfinite(value) and 0 < value <= MAX_TIMEOUT
 
 
 def _pack(body: dict[str, Any]) -> bytes:

@@ -36,32 +36,41 @@ SUPERVISOR = "supervisor"
 
 
 class Router:
-    """Thread-safe name → actor ref table with holding for restarting actors."""
+    """Thread-safe name → actor ref table with holding for restarting actors.
+
+    Every delivery happens under one lock, so a sender's messages keep their order even
+    while the receiver is being replaced, and held messages are handed over before any
+    newer one. A pykka `tell` only puts into a queue, so holding the lock for it is cheap.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._refs: dict[str, pykka.ActorRef[Any]] = {}
         self._held: dict[str, list[object]] = defaultdict(list)
         self._restarting: set[str] = set()
 
     def register(self, name: str, ref: pykka.ActorRef[Any]) -> None:
+        """Make `ref` the receiver for `name` and hand it what was held, in order."""
         with self._lock:
             self._refs[name] = ref
             self._restarting.discard(name)
-            held = self._held.pop(name, [])
-        for message in held:
-            self.tell(name, message)
+            for message in self._held.pop(name, []):
+                self._deliver(name, ref, message)
 
     def unregister(self, name: str, ref: pykka.ActorRef[Any] | None = None) -> None:
+        """Forget `name` (only if it is still `ref`) and drop anything held for it."""
         with self._lock:
             if ref is None or self._refs.get(name) is ref:
                 self._refs.pop(name, None)
+                self._restarting.discard(name)
+                self._held.pop(name, None)
 
-    def restarting(self, name: str) -> None:
+    def restarting(self, name: str, ref: pykka.ActorRef[Any] | None = None) -> None:
         """Hold messages for `name` until its next instance registers."""
         with self._lock:
-            self._refs.pop(name, None)
-            self._restarting.add(name)
+            if ref is None or self._refs.get(name) in (ref, None):
+                self._refs.pop(name, None)
+                self._restarting.add(name)
 
     def has(self, name: str) -> bool:
         with self._lock:
@@ -76,14 +85,16 @@ class Router:
                     self._held[name].append(message)
                     return True
                 return False
+            return self._deliver(name, ref, message)
+
+    def _deliver(self, name: str, ref: pykka.ActorRef[Any], message: object) -> bool:
         try:
             ref.tell(message)
         except pykka.ActorDeadError:
-            with self._lock:
-                if name in self._restarting or self._refs.get(name) is not ref:
-                    self._held[name].append(message)
-                    return True
-            return False
+            # it died and has not told its supervisor yet: hold for its next instance
+            self._refs.pop(name, None)
+            self._restarting.add(name)
+            self._held[name].append(message)
         return True
 
     def publish(self, message: Publish) -> None:
@@ -134,6 +145,8 @@ class Actor(pykka.ThreadingActor):
             self.log.exception("actor_start_failed")
             self._report(exc)
             raise
+        # only a started actor receives: what came meanwhile was held for it, in order
+        self.ctx.router.register(self.name, self.actor_ref)
 
     def started(self) -> None:
         """Runs in the actor's thread before its first message."""
@@ -159,7 +172,7 @@ class Actor(pykka.ThreadingActor):
         self._report(exception_value)
 
     def _report(self, exc: BaseException | None) -> None:
-        self.ctx.router.unregister(self.name, self.actor_ref)
+        self.ctx.router.restarting(self.name, self.actor_ref)
         if not self.ctx.stopping.is_set():
             self.ctx.router.tell(SUPERVISOR, ChildDied(self.name, repr(exc)))
 
@@ -187,7 +200,7 @@ class _Child:
     factory: Factory
     permanent: bool
     notify: str | None
-    crashes: deque[float] = field(default_factory=lambda: deque(maxlen=10))
+    crashes: deque[float] = field(default_factory=deque)
 
 
 class Supervisor(pykka.ThreadingActor):
@@ -220,8 +233,15 @@ class Supervisor(pykka.ThreadingActor):
 
     def _start(self, name: str) -> None:
         child = self._children[name]
-        ref = child.factory()
-        self.ctx.router.register(name, ref)
+        self.ctx.router.restarting(name)  # hold messages until the new instance has started
+        try:
+            ref = child.factory()
+        except Exception as exc:  # a child that cannot even be built counts as a crash
+            log.exception("actor_build_failed", actor=name)
+            self._died(name, repr(exc))
+            return
+        if not isinstance(ref.actor_class, type) or not issubclass(ref.actor_class, Actor):
+            self.ctx.router.register(name, ref)  # plain pykka actors register here
 
     def _died(self, name: str, error: str) -> None:
         child = self._children.get(name)
@@ -235,7 +255,9 @@ class Supervisor(pykka.ThreadingActor):
             return
         now = time.monotonic()
         child.crashes.append(now)
-        recent = [t for t in child.crashes if now - t < self.window]
+        while child.crashes and now - child.crashes[0] >= self.window:
+            child.crashes.popleft()
+        recent = list(child.crashes)
         if len(recent) > self.max_crashes:
             log.critical("actor_restart_limit", actor=name, crashes=len(recent), error=error)
             self.ctx.exit_code.append(70)
@@ -243,7 +265,6 @@ class Supervisor(pykka.ThreadingActor):
             return
         delay = min(0.05 * 2 ** (len(recent) - 1), 5.0)
         log.error("actor_restarting", actor=name, error=error, delay=delay)
-        self.ctx.router.restarting(name)
         ref = self.actor_ref
         timer = threading.Timer(delay, lambda: _tell_quietly(ref, RestartChild(name)))
         timer.daemon = True

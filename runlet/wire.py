@@ -184,14 +184,20 @@ def _check_tuple(where: str, value: Any, item: Checker) -> tuple[Any, ...]:
 def _check_str(where: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ProtocolError(f"{where}: expected text, got {type(value).__name__}")
-    if len(value) > MAX_STR:
-        raise ProtocolError(f"{where}: text of {len(value)} characters, over the {MAX_STR} limit")
+    try:
+        size = len(value.encode("utf-8")) if len(value) * 4 > MAX_STR else 0
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(f"{where}: text is not valid Unicode (lone surrogate)") from exc
+    if size > MAX_STR:
+        raise ProtocolError(f"{where}: text of {size} UTF-8 bytes, over the {MAX_STR} limit")
     return value
 
 
 def _check_int(where: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ProtocolError(f"{where}: expected an integer, got {type(value).__name__}")
+    if not -(2**63) <= value < 2**64:
+        raise ProtocolError(f"{where}: integer out of the 64-bit range")
     return value
 
 
