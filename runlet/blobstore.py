@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib
 import io
 import math
 import os
@@ -41,6 +42,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
+from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Self
@@ -176,7 +178,9 @@ def load_credentials(path: Path) -> tuple[str, str]:
 
 def _read_credentials_file(path: Path) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        # O_NONBLOCK: a FIFO put in its place must not hang us; a regular file ignores it.
+        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise _bad_credentials(path, "file not found") from None
     except OSError as exc:
@@ -231,7 +235,8 @@ class BlobStore:
             raise ClosedError(f"{self._where} was closed; make a new BlobStore")
         if self._client is not None:
             return
-        import aioboto3
+        # Importing aioboto3 takes most of a second: do it off the event loop.
+        aioboto3 = await asyncio.to_thread(importlib.import_module, "aioboto3")
         from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
 
         keys: dict[str, str] = {}
@@ -315,6 +320,10 @@ class BlobStore:
         `hash` given for a finished log must match them (StorageError otherwise); leave it
         out for a checkpoint of a log that is still growing.
         """
+        if finished_at is None and final:
+            raise ValueError("a final log needs its finish time")
+        if finished_at is not None and _unix_time(repr(float(finished_at))) is None:
+            raise ValueError(f"finished_at must be a unix time, got {finished_at!r}")
         client = self._require_open()
         key = object_key(self._user, node, job_id)
         with _open_log(path) as f:
@@ -377,7 +386,8 @@ class BlobStore:
                 if _code(exc) in _NOT_FOUND:
                     return None
                 raise
-            async with got["Body"] as body:
+            body = got["Body"]
+            async with body:  # entering gives aiohttp's response, not the body: keep `body`
                 raw = await body.read(_MAX_INDEX_BYTES + 1)
         node = bytes(raw).decode("ascii", "replace")
         if not addresses.valid_name(node):
@@ -405,12 +415,13 @@ class BlobStore:
                         raise BlobStoreUnavailable(f"{self._where} has no {key}") from exc
                     raise
                 remote = _remote_log(key, got)
-                async with got["Body"] as body:
+                body = got["Body"]
+                async with body:  # closes the connection even if we stop early
                     digest = await _receive(body, out, remote.size, progress)
                 self._check_download(remote, digest, out.tell())
                 await asyncio.to_thread(os.fsync, out.fileno())
             when = remote.finished_at if remote.finished_at is not None else remote.last_modified
-            os.utime(tmp, ns=(round(when * 1e9), round(when * 1e9)))
+            os.utime(tmp, ns=(_nanoseconds(when), _nanoseconds(when)))
             os.replace(tmp, dest)
         except OSError as exc:
             raise StorageError(f"cannot write {dest}: {exc.strerror or exc}") from exc
@@ -614,6 +625,11 @@ def _remote_log(key: str, response: Mapping[str, Any]) -> RemoteLog:
         final=metadata.get("runlet-final") == "1",
         last_modified=modified.timestamp(),
     )
+
+
+def _nanoseconds(when: float) -> int:
+    """`when` in whole ns, computed exactly: st_mtime_ns / 10**9 then gives `when` back."""
+    return round(Fraction(when) * 1_000_000_000)
 
 
 def _unix_time(text: str | None) -> float | None:

@@ -21,6 +21,8 @@ from runlet.config import (
     CryptoConfig,
     JobsConfig,
     LogConfig,
+    StorageConfig,
+    VaultConfig,
     describe_keys,
     load_config,
     parse_config,
@@ -114,6 +116,8 @@ def test_minimal_file_takes_every_default(tmp_path: Path) -> None:
         ),
         jobs=JobsConfig(max_parallel=4, shell=DEFAULT_SHELL, grace_seconds=10.0, max_load=None),
         log=LogConfig(level="info", format="auto"),
+        storage=None,
+        vault=VaultConfig(max_bytes=0),
         source="test.toml",
     )
 
@@ -599,13 +603,24 @@ WRONG_TYPES = [
     ("crypto.key_file", "1979-05-27T07:32:00Z"),
     ("log.level", "1"),
     ("log.format", "[]"),
+    ("storage.bucket", "1"),
+    ("storage.bucket", '["logs"]'),
+    ("storage.endpoint_url", "9000"),
+    ("storage.region", "1"),
+    ("storage.credentials_file", "[]"),
+    ("storage.path_style", "1"),
+    ("storage.path_style", '"true"'),
+    ("storage.checkpoint_seconds", '"60"'),
+    ("storage.timeout_seconds", "1979-05-27"),
+    ("vault.max_bytes", "1.5"),
+    ("vault.max_bytes", '"10GB"'),
 ]
 
 
 @pytest.mark.parametrize(("key", "literal"), WRONG_TYPES)
 def test_wrong_types(key: str, literal: str) -> None:
     """A value of the wrong TOML type is an error on its key."""
-    error = error_of(render({key: literal}))
+    error = error_of(render({"storage.bucket": '"logs"', key: literal}))
     assert error.key == key
     assert "must be" in error.problem
 
@@ -619,12 +634,15 @@ def test_wrong_types(key: str, literal: str) -> None:
         "jobs.max_parallel",
         "jobs.grace_seconds",
         "jobs.max_load",
+        "storage.checkpoint_seconds",
+        "storage.timeout_seconds",
+        "vault.max_bytes",
     ],
 )
 @pytest.mark.parametrize("literal", ["true", "false"])
 def test_bool_is_not_a_number(key: str, literal: str) -> None:
     """true and false are refused where a number is due, though Python calls them ints."""
-    error = error_of(render({key: literal}))
+    error = error_of(render({"storage.bucket": '"logs"', key: literal}))
     assert error.key == key
     assert "boolean" in error.problem
 
@@ -746,16 +764,244 @@ def test_long_bad_value_is_cut_short() -> None:
     assert len(str(error)) < 300
 
 
+# --- storage and vault ---------------------------------------------------------------------
+
+STORAGE = 'role = "daemon"\nuser = "demo"\n\n[crypto]\nkey_file = "k"\n\n[storage]\n'
+
+
+def test_storage_is_off_unless_mentioned() -> None:
+    """Without a [storage] section or RUNLET_STORAGE__* variable, storage is None."""
+    config = parse(MINIMAL, {"RUNLET_VAULT__MAX_BYTES": "5"})
+    assert config.storage is None
+    assert config.vault == VaultConfig(max_bytes=5)
+
+
+def test_storage_with_only_a_bucket_takes_the_defaults() -> None:
+    """A [storage] section with just a bucket gets the documented defaults."""
+    assert parse(STORAGE + 'bucket = "logs"\n').storage == StorageConfig(
+        bucket="logs",
+        endpoint_url=None,
+        region="us-east-1",
+        credentials_file=None,
+        path_style=True,
+        checkpoint_seconds=60.0,
+        timeout_seconds=30.0,
+    )
+
+
+def test_full_storage_and_vault_sections() -> None:
+    """Every storage and vault key lands in its field; the credentials path is resolved."""
+    text = STORAGE + (
+        'endpoint_url = "https://minio.example.net:9000"\nbucket = "runlet-logs.eu"\n'
+        'region = "eu-central-1"\ncredentials_file = "keys/s3.toml"\npath_style = false\n'
+        "checkpoint_seconds = 15\ntimeout_seconds = 2.5\n\n[vault]\nmax_bytes = 1073741824\n"
+    )
+    config = parse(text)
+    assert config.storage == StorageConfig(
+        bucket="runlet-logs.eu",
+        endpoint_url="https://minio.example.net:9000",
+        region="eu-central-1",
+        credentials_file=BASE_DIR / "keys" / "s3.toml",
+        path_style=False,
+        checkpoint_seconds=15.0,
+        timeout_seconds=2.5,
+    )
+    assert isinstance(config.storage.checkpoint_seconds, float)
+    assert config.vault.max_bytes == 1 << 30
+
+
+def test_empty_storage_section_needs_a_bucket() -> None:
+    """An empty [storage] turns storage on, so its bucket is required."""
+    error = error_of(STORAGE)
+    assert error.key == "storage.bucket"
+    assert "RUNLET_STORAGE__BUCKET" in error.problem
+
+
+def test_env_turns_storage_on() -> None:
+    """RUNLET_STORAGE__* variables alone configure storage, booleans read as TOML."""
+    env = {
+        "RUNLET_STORAGE__BUCKET": "logs",
+        "RUNLET_STORAGE__ENDPOINT_URL": "http://127.0.0.1:9000",
+        "RUNLET_STORAGE__PATH_STYLE": "false",
+        "RUNLET_STORAGE__CREDENTIALS_FILE": "s3.toml",
+    }
+    storage = parse(MINIMAL, env).storage
+    assert storage is not None
+    assert (storage.bucket, storage.endpoint_url, storage.path_style) == (
+        "logs",
+        "http://127.0.0.1:9000",
+        False,
+    )
+    assert storage.credentials_file == BASE_DIR / "s3.toml"
+
+
+def test_env_storage_key_without_bucket_is_an_error() -> None:
+    """Setting one storage variable but no bucket names the missing bucket."""
+    assert error_of(MINIMAL, {"RUNLET_STORAGE__REGION": "eu-west-1"}).key == "storage.bucket"
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "True", ""])
+def test_env_path_style_must_be_a_boolean(value: str) -> None:
+    """path_style from the environment takes only true or false."""
+    env = {"RUNLET_STORAGE__BUCKET": "logs", "RUNLET_STORAGE__PATH_STYLE": value}
+    error = error_of(MINIMAL, env)
+    assert error.key == "storage.path_style"
+    assert error.source == "environment variable RUNLET_STORAGE__PATH_STYLE"
+
+
+def test_inline_storage_secret_is_not_a_key() -> None:
+    """Access keys cannot be written into the config: there is no key for them."""
+    error = error_of(STORAGE + 'bucket = "logs"\nsecret_access_key = "s3cret"\n')
+    assert error.key == "storage.secret_access_key"
+    assert "s3cret" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("key", "literal"),
+    [
+        ("storage.bucket", '"abc"'),
+        ("storage.bucket", '"' + "a" * 63 + '"'),
+        ("storage.bucket", '"my.bucket-1"'),
+        ("storage.bucket", '"1logs"'),
+        ("storage.endpoint_url", '"http://127.0.0.1:9000"'),
+        ("storage.endpoint_url", '"HTTPS://[::1]:9000/"'),
+        ("storage.endpoint_url", '"https://s3.example.net/minio"'),
+        ("storage.region", '"garage"'),
+        ("storage.region", '"' + "r" * 64 + '"'),
+        ("storage.checkpoint_seconds", "0.001"),
+        ("storage.checkpoint_seconds", "86400"),
+        ("storage.timeout_seconds", "3600"),
+        ("vault.max_bytes", "0"),
+        ("vault.max_bytes", "9223372036854775807"),
+    ],
+)
+def test_storage_boundary_values_are_accepted(key: str, literal: str) -> None:
+    """Storage and vault values at the edge of their allowed ranges load."""
+    parse(render({"storage.bucket": '"logs"', key: literal}))
+
+
+@pytest.mark.parametrize(
+    "bucket",
+    [
+        "ab",
+        "a" * 64,
+        "Logs",
+        "my_bucket",
+        "-logs",
+        "logs-",
+        ".logs",
+        "logs.",
+        "my..bucket",
+        "192.168.1.1",
+        "xn--logs",
+        "sthree-logs",
+        "logs-s3alias",
+        "logs--ol-s3",
+        "a/b",
+        "a b",
+        "ü-logs",
+        "",
+        "logs\\u0000",
+        "logs\\n",
+    ],
+)
+def test_bad_bucket_names(bucket: str) -> None:
+    """A bucket name breaking S3's naming rules is an error on storage.bucket."""
+    assert error_of(render({"storage.bucket": f'"{bucket}"'})).key == "storage.bucket"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://h/",
+        "minio:9000",
+        "127.0.0.1:9000",
+        "http://",
+        "http://:9000/",
+        "http://h:99999/",
+        "http://h:0/",
+        "http://h:port/",
+        "http://h /",
+        "http://h/\\n",
+        "http://h/?x=1",
+        "http://h/#top",
+        "http://[::1/",
+        "",
+    ],
+)
+def test_bad_endpoint_urls(url: str) -> None:
+    """An endpoint that is not an http(s) URL with a host and valid port is refused."""
+    error = error_of(render({"storage.bucket": '"logs"', "storage.endpoint_url": f'"{url}"'}))
+    assert error.key == "storage.endpoint_url"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://AKIAEXAMPLE:s3cret@minio:9000/",
+        "https://s3cret@minio/",
+        "http://minio/?X-Amz-Signature=s3cret",
+    ],
+)
+def test_endpoint_login_is_refused_and_not_echoed(url: str) -> None:
+    """A login or signature in the endpoint URL is an error that never repeats it."""
+    error = error_of(render({"storage.bucket": '"logs"', "storage.endpoint_url": f'"{url}"'}))
+    assert error.key == "storage.endpoint_url"
+    assert "s3cret" not in str(error)
+
+
+@pytest.mark.parametrize("region", ["us.east.1", "us east", "", "r" * 65, "ü", "../x", "-eu"])
+def test_bad_regions(region: str) -> None:
+    """A region that cannot go into a host name or signature is refused."""
+    error = error_of(render({"storage.bucket": '"logs"', "storage.region": f'"{region}"'}))
+    assert error.key == "storage.region"
+
+
+@pytest.mark.parametrize(
+    ("key", "literal"),
+    [
+        ("storage.checkpoint_seconds", "0"),
+        ("storage.checkpoint_seconds", "-1"),
+        ("storage.checkpoint_seconds", "nan"),
+        ("storage.checkpoint_seconds", "inf"),
+        ("storage.checkpoint_seconds", "86401"),
+        ("storage.timeout_seconds", "0"),
+        ("storage.timeout_seconds", "-0.5"),
+        ("storage.timeout_seconds", "3601"),
+        ("storage.credentials_file", '""'),
+        ("vault.max_bytes", "-1"),
+        ("vault.max_bytes", "9223372036854775808"),
+        ("vault.max_bytes", "99999999999999999999999"),
+    ],
+)
+def test_storage_out_of_range(key: str, literal: str) -> None:
+    """Storage and vault numbers outside their range, and empty paths, name their key."""
+    assert error_of(render({"storage.bucket": '"logs"', key: literal})).key == key
+
+
+@pytest.mark.parametrize("text", ["storage = 1\n", "[[storage]]\nbucket = 'logs'\n"])
+def test_storage_must_be_a_table(text: str) -> None:
+    """storage given as a value or an array of tables is an error on the section."""
+    assert error_of(text + MINIMAL).key == "storage"
+
+
 # --- documentation and examples ------------------------------------------------------------
+
+
+SECTION_CLASSES: dict[str, type] = {
+    "broker": BrokerConfig,
+    "jobs": JobsConfig,
+    "crypto": CryptoConfig,
+    "log": LogConfig,
+    "storage": StorageConfig,
+    "vault": VaultConfig,
+}
 
 
 def dotted_fields() -> set[str]:
     keys = {spec.name for spec in dataclasses.fields(Config)} - {"source"}
-    for section in ("broker", "jobs", "crypto", "log"):
+    for section, cls in SECTION_CLASSES.items():
         keys.remove(section)
-        cls = {"broker": BrokerConfig, "jobs": JobsConfig, "crypto": CryptoConfig}.get(
-            section, LogConfig
-        )
         keys |= {f"{section}.{spec.name}" for spec in dataclasses.fields(cls)}
     return keys
 
@@ -771,6 +1017,10 @@ def test_describe_keys_covers_every_field() -> None:
     assert "default 4" in described["jobs.max_parallel"]
     assert "required" in described["crypto.key_file"]
     assert "default unset" in described["jobs.max_load"]
+    assert "required" in described["storage.bucket"]
+    assert "default true" in described["storage.path_style"]
+    assert "default unset" in described["storage.endpoint_url"]
+    assert "default 0" in described["vault.max_bytes"]
 
 
 @pytest.mark.parametrize(("name", "role"), [("daemon.toml", "daemon"), ("client.toml", "client")])
@@ -779,6 +1029,8 @@ def test_example_configs_load(name: str, role: str) -> None:
     config = load_config(EXAMPLES / name, env={})
     assert config.role == role
     assert config.user == "demo"
+    assert config.storage is None  # the [storage] section ships commented out
+    assert config.vault == VaultConfig()
 
 
 def test_daemon_example_values() -> None:
