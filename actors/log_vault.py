@@ -1,19 +1,37 @@
-"""Log Vault (local part): seals every output chunk, appends it to the job's log, publishes it.
+"""Log Vault: seals every output chunk, appends it to the job's log, publishes it, uploads it.
 
 The live stream and the stored log are the very same sealed chunks, so a viewer that joins
 late asks for a replay from a sequence number and then follows live output, dropping what it
 already has. The log of a job that ended is finalised with a FINAL chunk; one left unfinished
 by a crash is finalised when the daemon comes back (`OpenLog(finalise=True)`).
+
+With a `[storage]` section, every finished log is uploaded (ciphertext only) with its hash
+and finish time; failed uploads are retried with backoff and jitter from a backlog read off
+the vault folder (`runlet.backlog`), so it survives restarts; running jobs' logs are
+checkpointed every `storage.checkpoint_seconds`. A log is never evicted before its upload.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from pathlib import Path
+from typing import Any
 
-from runlet import addresses, wire
-from runlet.errors import StorageError
-from runlet.local import OpenLog, OutputProduced, OutputStored, Publish, Replay
+from runlet import addresses, backlog, metrics, wire
+from runlet.config import StorageConfig
+from runlet.errors import RunletError, StorageError
+from runlet.local import (
+    CheckpointTick,
+    OpenLog,
+    OutputProduced,
+    OutputStored,
+    Publish,
+    Replay,
+    StoreOpened,
+    UploadDone,
+    UploadTick,
+)
 from runlet.logfile import LogWriter, Record, read_records, seal_output
 from runlet.messages import OutputChunk, ReplayFinished
 from runlet.runtime import Actor, Context
@@ -28,6 +46,24 @@ class LogVault(Actor):
         self.folder: Path = ctx.settings.data_dir / "vault"
         self.fleet_key = ctx.services["fleet_key"]
         self.writers: dict[str, LogWriter] = {}
+        self.storage: StorageConfig | None = getattr(ctx.settings, "storage", None)
+        self.max_bytes: int = getattr(getattr(ctx.settings, "vault", None), "max_bytes", 0)
+        self.store: Any = None  # runlet.blobstore.BlobStore once opened (imported lazily)
+        self.store_ready = False
+        self.attempts: dict[str, int] = {}  # failed uploads so far, by job
+        self.due: dict[str, float] = {}  # when each backlog entry may be tried next
+        self.in_flight: set[str] = set()
+        self.tick_pending = False
+
+    def started(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for log in backlog.pending(self.folder):
+            self.due[backlog.job_of(log)] = 0.0
+        metrics.UPLOAD_BACKLOG.set(len(self.due))
+        if self.storage is not None:
+            self._open_store()
+            self.tell_self_later(self.storage.checkpoint_seconds, CheckpointTick())
+        self._evict()
 
     def path(self, job_id: str) -> Path:
         return self.folder / f"{job_id}.rlog"
@@ -36,6 +72,11 @@ class LogVault(Actor):
         for writer in self.writers.values():
             writer.close()
         self.writers.clear()
+        if self.store is not None and not self.ctx.loop.closed:
+            try:
+                self.ctx.loop.submit(self.store.close()).result(5)
+            except (concurrent.futures.TimeoutError, RunletError):
+                self.log.warning("store_close_timed_out")
 
     def handle(self, message: object) -> None:
         match message:
@@ -45,6 +86,23 @@ class LogVault(Actor):
                 self._append(message)
             case Replay():
                 self._replay(message)
+            case StoreOpened(error=None):
+                self.store_ready = True
+                self.log.info("store_ready")
+                self._kick()
+            case StoreOpened(error=error):
+                self.log.warning("store_unavailable", error=error)
+                self.attempts["(store)"] = self.attempts.get("(store)", 0) + 1
+                self.tell_self_later(backlog.backoff(self.attempts["(store)"]), ("reopen",))
+            case ("reopen",):
+                self._open_store()
+            case UploadTick():
+                self.tick_pending = False
+                self._kick()
+            case UploadDone():
+                self._uploaded(message)
+            case CheckpointTick():
+                self._checkpoint()
             case _:
                 self.unexpected(message)
 
@@ -72,6 +130,7 @@ class LogVault(Actor):
         if writer.finished:
             writer.close()
             self.writers.pop(job_id, None)
+            self._enqueue(job_id)
 
     def _append(self, out: OutputProduced) -> None:
         key = self.fleet_key.job_key(out.job_id)
@@ -92,6 +151,7 @@ class LogVault(Actor):
         self.ctx.router.tell(f"pty:{out.job_id}", OutputStored(out.job_id, out.seq, len(out.data)))
         if out.final and out.job_id in self.writers:
             self.writers.pop(out.job_id).close()
+            self._enqueue(out.job_id)
 
     def _replay(self, ask: Replay) -> None:
         next_seq = ask.from_seq
@@ -117,3 +177,124 @@ class LogVault(Actor):
                 correlation_id=ask.correlation_id,
             )
         )
+
+    # -- uploads -----------------------------------------------------------------------------
+
+    def _open_store(self) -> None:
+        from runlet.blobstore import BlobStore
+
+        assert self.storage is not None
+        if self.store is None:
+            self.store = BlobStore(self.storage, self.ctx.settings.user)
+        store = self.store
+        ref = self.actor_ref
+
+        async def open_store() -> None:
+            await store.open()
+            await store.ensure_bucket()
+
+        def done(future: concurrent.futures.Future[None]) -> None:
+            exc = None if future.cancelled() else future.exception()
+            _tell(ref, StoreOpened(None if exc is None else str(exc) or type(exc).__name__))
+
+        self.ctx.loop.submit(open_store(), done)
+
+    def _enqueue(self, job_id: str) -> None:
+        if self.storage is None:
+            return
+        self.due.setdefault(job_id, 0.0)
+        metrics.UPLOAD_BACKLOG.set(len(self.due))
+        self._kick()
+
+    def _kick(self) -> None:
+        """Start the next due upload (one at a time), or wake up when one is due."""
+        if not self.store_ready or self.in_flight or not self.due:
+            return
+        now = time.monotonic()
+        job_id = min(self.due, key=lambda j: self.due[j])
+        if self.due[job_id] > now:
+            if not self.tick_pending:
+                self.tick_pending = True
+                self.tell_self_later(self.due[job_id] - now, UploadTick())
+            return
+        path = self.path(job_id)
+        if not path.exists():
+            self.due.pop(job_id)
+            metrics.UPLOAD_BACKLOG.set(len(self.due))
+            self._kick()
+            return
+        self._upload(job_id, path, final=True)
+
+    def _upload(self, job_id: str, path: Path, *, final: bool) -> None:
+        from runlet.blobstore import hash_file
+
+        self.in_flight.add(job_id)
+        digest = hash_file(path) if final else None
+        finished_at = path.stat().st_mtime if final else None
+        store, ref = self.store, self.actor_ref
+
+        async def put() -> str:
+            remote = await store.put_log(
+                self.node, job_id, path, hash=digest, finished_at=finished_at, final=final
+            )
+            return str(remote.hash)
+
+        def done(future: concurrent.futures.Future[str]) -> None:
+            if future.cancelled():
+                _tell(ref, UploadDone(job_id, final, error="cancelled"))
+            elif (exc := future.exception()) is not None:
+                _tell(ref, UploadDone(job_id, final, error=str(exc) or type(exc).__name__))
+            else:
+                _tell(ref, UploadDone(job_id, final, digest=future.result()))
+
+        self.ctx.loop.submit(put(), done)
+
+    def _uploaded(self, done: UploadDone) -> None:
+        self.in_flight.discard(done.job_id)
+        kind = "final" if done.final else "checkpoint"
+        if done.error is None and done.digest is not None:
+            metrics.UPLOADS.labels(kind=kind, result="ok").inc()
+            if done.final:
+                backlog.mark_uploaded(self.path(done.job_id), done.digest)
+                self.due.pop(done.job_id, None)
+                self.attempts.pop(done.job_id, None)
+                self.log.info("log_uploaded", job=done.job_id, hash=done.digest[:16])
+                self._evict()
+        else:
+            metrics.UPLOADS.labels(kind=kind, result="failed").inc()
+            if done.final:
+                tries = self.attempts[done.job_id] = self.attempts.get(done.job_id, 0) + 1
+                delay = backlog.backoff(tries)
+                self.due[done.job_id] = time.monotonic() + delay
+                self.log.warning(
+                    "upload_failed",
+                    job=done.job_id,
+                    error=done.error,
+                    attempt=tries,
+                    retry_in=round(delay, 1),
+                )
+        metrics.UPLOAD_BACKLOG.set(len(self.due))
+        self._kick()
+
+    def _checkpoint(self) -> None:
+        """Upload what running jobs wrote so far, so a device that dies leaves it behind."""
+        assert self.storage is not None
+        if self.store_ready:
+            for job_id in list(self.writers):
+                if job_id not in self.in_flight and not self.in_flight:
+                    self._upload(job_id, self.path(job_id), final=False)
+        self.tell_self_later(self.storage.checkpoint_seconds, CheckpointTick())
+
+    def _evict(self) -> None:
+        keep = set(self.writers) | set(self.due) | self.in_flight
+        chosen = backlog.eviction(self.folder, self.max_bytes, keep=keep)
+        if chosen:
+            freed = backlog.evict(chosen)
+            self.log.info("logs_evicted", count=len(chosen), freed_bytes=freed)
+
+
+def _tell(ref: Any, message: object) -> None:
+    try:
+        ref.tell(message)
+    except Exception:  # noqa: BLE001 - the vault stopped meanwhile; the backlog is on disk
+        return

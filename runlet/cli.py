@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--detach-key", default="ctrl-]", help="key that detaches (default ctrl-])")
     attach.set_defaults(func=cmd_attach)
 
+    _add_logs(sub)
+
     send = sub.add_parser("send", help="type text into a running job (\\r, \\n, \\t, \\e, \\xNN)")
     send.add_argument("job_id")
     send.add_argument("text")
@@ -97,6 +99,45 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--no-wait", action="store_true", help="do not wait for the job to end")
     cancel.set_defaults(func=cmd_cancel)
 
+    _add_key(sub)
+
+    check = sub.add_parser("check-config", help="validate a config file and print what it sets")
+    check.add_argument("file")
+    check.add_argument("--json", action="store_true", help="print the settings as JSON")
+    check.set_defaults(func=cmd_check_config)
+
+    keys = sub.add_parser("config-keys", help="list every config key with its default")
+    keys.set_defaults(func=cmd_config_keys)
+    return parser
+
+
+def _add_logs(sub: Any) -> None:
+    logs = sub.add_parser(
+        "logs",
+        help="show a job's log from any device: verified, replayable, followable",
+        description="A finished job's log comes from this device's copy or the object store "
+        "(whichever the sync rule picks); a running job's from its node. Every chunk is "
+        "verified; damage is reported on stderr with the chunk it concerns (exit 65).",
+    )
+    logs.add_argument("job_id")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep following a running job")
+    logs.add_argument("--play", action="store_true", help="replay with the original timing")
+    logs.add_argument(
+        "--speed", type=_positive, default=1.0, help="--play speed factor (default 1)"
+    )
+    logs.add_argument(
+        "--max-pause",
+        type=_positive,
+        default=2.0,
+        metavar="SECONDS",
+        help="--play: longest pause between chunks (default 2)",
+    )
+    logs.add_argument("--raw", action="store_true", help="write the bytes unchanged (for pipes)")
+    logs.add_argument("--node", help="the node that ran the job, if the store index is missing")
+    logs.set_defaults(func=cmd_logs)
+
+
+def _add_key(sub: Any) -> None:
     key = sub.add_parser("key", help="the fleet key shared by this user's devices")
     key_sub = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
     k_init = key_sub.add_parser("init", help="make a new fleet key at crypto.key_file")
@@ -111,15 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
     key_sub.add_parser("show", help="print the key's fingerprint (safe to share)").set_defaults(
         func=cmd_key_show
     )
-
-    check = sub.add_parser("check-config", help="validate a config file and print what it sets")
-    check.add_argument("file")
-    check.add_argument("--json", action="store_true", help="print the settings as JSON")
-    check.set_defaults(func=cmd_check_config)
-
-    keys = sub.add_parser("config-keys", help="list every config key with its default")
-    keys.set_defaults(func=cmd_config_keys)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,6 +175,16 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not 0 < value <= 30 * 86400:
         raise argparse.ArgumentTypeError(f"seconds out of range: {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1000: {text}")
     return value
 
 
@@ -209,6 +251,13 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
     config = _config(args)
     return asyncio.run(attach_job(config, _fleet_key(config), args))
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from runlet.commands import logs_job
+
+    config = _config(args)
+    return asyncio.run(logs_job(config, _fleet_key(config), args))
 
 
 def cmd_send(args: argparse.Namespace) -> int:

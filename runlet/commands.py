@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from runlet.client import Client, Submitted, Watch, exit_status, target_of
 from runlet.config import Config
 from runlet.crypto import FleetKey
-from runlet.errors import EXIT_USAGE, JobNotFound, NoSuchTarget, ProtocolError
+from runlet.errors import EXIT_DATAERR, EXIT_USAGE, JobNotFound, NoSuchTarget, ProtocolError
 from runlet.messages import JobStateChanged, OutputChunk, parse_target
 from runlet.payloads import Control, JobSpec
 from runlet.terminal import parse_key, terminal_size
@@ -33,6 +36,8 @@ async def run_job(
     except ValueError as exc:
         _err(str(exc))
         return EXIT_USAGE
+    if sys.stdin.isatty() and os.environ.get("TERM"):
+        env.setdefault("TERM", os.environ["TERM"])  # the job draws for this terminal, as ssh does
     spec = JobSpec(tuple(argv), env, args.cwd, args.timeout)
     deadline = time.time() + args.deadline if args.deadline else None
     rows, cols = terminal_size(0)
@@ -151,7 +156,7 @@ async def attach_job(config: Config, key: FleetKey, args: argparse.Namespace) ->
         return EXIT_USAGE
     async with Client(config, key) as client:
         watch = await client.watch(job_id)
-        options = Options(interactive=not args.read_only, replay=True, detach_key=detach_key)
+        options = Options(replay=True, read_only=args.read_only, detach_key=detach_key)
         status = await Follower(client, job_id, watch, options).run()
     if status == DETACHED:
         _err(f"detached; job {job_id} goes on")
@@ -231,3 +236,90 @@ def unescape(text: str) -> bytes:
     if len(out) > 60_000:
         raise ProtocolError(f"text is {len(out)} bytes; send at most 60000 at once")
     return bytes(out)
+
+
+async def logs_job(config: Config, key: FleetKey, args: argparse.Namespace) -> int:
+    """`runlet logs`: a finished job's log through the reconciler, a running one from its node."""
+    job_id = _job_id(args.job_id)
+    vault_copy = config.data_dir / "vault" / f"{job_id}.rlog"
+    local = vault_copy if vault_copy.exists() else config.data_dir / "logs" / f"{job_id}.rlog"
+    path = await _stored_log(config, job_id, local, node=args.node)
+    if path is not None:
+        return _print_log(path, job_id, key, args)
+    async with Client(config, key) as client:
+        watch = await client.watch(job_id)
+        options = Options(
+            interactive=False, replay=True, quiet=not args.follow, until_replayed=not args.follow
+        )
+        try:
+            status = await Follower(client, job_id, watch, options).run()
+        except JobNotFound:
+            raise JobNotFound(
+                f"no log of job {job_id}: not in the object store and no online node holds it",
+                job_id=job_id,
+            ) from None
+    return 0 if not args.follow else status
+
+
+async def _stored_log(config: Config, job_id: str, local: Path, *, node: str | None) -> Path | None:
+    """The path of a finished copy of the log (local or fetched), or None to ask the nodes."""
+    from runlet.reconciler import local_log
+
+    if config.storage is None:
+        found = local_log(local)
+        return local if found is not None and found.final else None
+    from runlet.blobstore import BlobStore
+    from runlet.reconciler import reconcile
+
+    local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    async with BlobStore(config.storage, config.user) as store:
+        try:
+            path, decision = await reconcile(store, node, job_id, local, progress=_progress())
+        except JobNotFound:
+            return None
+    found = local_log(path)
+    if found is None or not found.final:
+        return None  # only a checkpoint so far: the job runs, or its device died mid-job
+    if sys.stderr.isatty():
+        _err(f"log of {job_id}: {decision}")
+    return path
+
+
+def _progress() -> Callable[[int, int], None]:
+    shown = {"last": 0.0}
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if total < 1 << 20 or (now - shown["last"] < 0.2 and done < total):
+            return
+        shown["last"] = now
+        text = f"downloading {done / 1e6:.1f} of {total / 1e6:.1f} MB"
+        if tty:
+            sys.stderr.write(f"\r[runlet] {text}" + ("\n" if done >= total else ""))
+            sys.stderr.flush()
+        elif done >= total:
+            _err(text)
+
+    return progress
+
+
+def _print_log(path: Path, job_id: str, key: FleetKey, args: argparse.Namespace) -> int:
+    from runlet.logview import show_log
+
+    raw = args.raw or sys.stdout.isatty()
+
+    def write(data: bytes) -> None:
+        sys.stdout.buffer.write(data if raw else data.replace(b"\r\n", b"\n"))
+        sys.stdout.buffer.flush()
+
+    verdict = show_log(
+        path,
+        job_id,
+        key,
+        write,
+        _err,
+        play_speed=args.speed if args.play else None,
+        max_pause=args.max_pause,
+    )
+    return 0 if verdict.intact else EXIT_DATAERR

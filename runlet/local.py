@@ -196,3 +196,30 @@ class RestartChild:
     """Start the named actor again (after its backoff)."""
 
     name: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOpened:
+    """The object store answered (`error` None) or could not be opened yet."""
+
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadTick:
+    """Time to look at the upload backlog again."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointTick:
+    """Time to upload the partial logs of running jobs."""
+
+
+@dataclass(frozen=True, slots=True)
+class UploadDone:
+    """An upload finished: `error` None when the store confirmed `digest`."""
+
+    job_id: str
+    final: bool
+    digest: str | None = None
+    error: str | None = None

@@ -24,3 +24,5 @@ ACTOR_RESTARTS = Counter("runlet_actor_restarts_total", "Actors that crashed", [
 UNEXPECTED_MESSAGES = Counter(
     "runlet_unexpected_messages_total", "Messages an actor had no case for", ["actor"]
 )
+UPLOAD_BACKLOG = Gauge("runlet_upload_backlog_logs", "Finished logs waiting for their upload")
+UPLOADS = Counter("runlet_uploads_total", "Log uploads to the object store", ["kind", "result"])

@@ -28,17 +28,20 @@ DETACHED = -1
 GAP_REPLAY_SECONDS = 1.0
 FINAL_WAIT_SECONDS = 3.0
 FIND_SECONDS = 4.0
+LONE_KEY_SECONDS = 0.4  # a detach key with nothing after it for this long detaches
 
 
 @dataclass
 class Options:
     """How to follow a job."""
 
-    interactive: bool = True  # forward stdin (read-only viewers say no)
+    interactive: bool = True  # use the local terminal: raw mode, detach key, resize
+    read_only: bool = False  # keys are swallowed, never sent (Ctrl-C and the detach key detach)
     replay: bool = False  # ask for the output so far (attach)
     detach_key: bytes = b"\x1d"
     deadline: float | None = None  # give up waiting for the job to start at this unix time
     quiet: bool = False  # no state lines on stderr
+    until_replayed: bool = False  # stop once the replay is shown (logs without --follow)
     out_fd: int = 1
     in_fd: int = 0
 
@@ -56,9 +59,11 @@ class Follower:
         self.final_at = 0.0
         self.state = "submitted"
         self.found = not options.replay
+        self.replayed_to: int | None = None
         self.running = asyncio.Event()
         self.outbox: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
         self.detached = False
+        self.pressed_at: float | None = None  # when a lone detach key was pressed
         self.stdin_open = options.interactive
         self.raw = RawMode(options.in_fd) if options.interactive else None
 
@@ -89,12 +94,12 @@ class Follower:
         started = time.monotonic()
         while True:
             try:
-                msg = await asyncio.wait_for(self.watch.inbox.get(), 0.25)
+                msg = await asyncio.wait_for(self.watch.inbox.get(), self._poll_seconds())
             except TimeoutError:
                 msg = None
             if msg is not None:
                 self._take(msg)
-            elif self.opts.interactive and self.stdin_open and self._lone_detach_key():
+            if self._lone_detach_key():
                 self.detached = True
             if self.detached:
                 return DETACHED
@@ -104,8 +109,15 @@ class Follower:
 
     def _lone_detach_key(self) -> bool:
         """A detach key pressed alone, with nothing typed after it for a moment, detaches."""
-        scanner = getattr(self, "scanner", None)
-        return scanner is not None and scanner.pending and scanner.idle()
+        if self.pressed_at is None or time.monotonic() - self.pressed_at < LONE_KEY_SECONDS:
+            return False
+        self.pressed_at = None
+        return self.scanner.idle()
+
+    def _poll_seconds(self) -> float:
+        if self.pressed_at is None:
+            return 0.25
+        return max(0.01, self.pressed_at + LONE_KEY_SECONDS - time.monotonic())
 
     def _take(self, msg: object) -> None:
         match msg:
@@ -118,6 +130,7 @@ class Follower:
                 self._state(msg)
             case ReplayFinished(job_id=job_id) if job_id == self.job_id:
                 self.found = True
+                self.replayed_to = msg.next_seq
                 if msg.state == "running":
                     self.running.set()
                 if (
@@ -163,6 +176,9 @@ class Follower:
     async def _check(self, started: float) -> int | None:
         if not self.found and time.monotonic() - started > FIND_SECONDS:
             raise JobNotFound(f"no online node holds job {self.job_id}", job_id=self.job_id)
+        replayed = self.replayed_to is not None and self.reasm.next_seq >= self.replayed_to
+        if self.opts.until_replayed and replayed and self.final is None:
+            return 0
         if self.final is None:
             if (
                 self.opts.deadline is not None
@@ -230,9 +246,14 @@ class Follower:
             asyncio.get_running_loop().remove_reader(self.opts.in_fd)
             self.stdin_open = False
             return
-        forward, detach = (
-            self.scanner.feed(data) if self.raw is not None and self.raw.active else (data, False)
-        )
+        if self.raw is None or not self.raw.active:
+            forward, detach = data, False  # a pipe: every byte is for the job
+        else:
+            forward, detach = self.scanner.feed(data)
+            self.pressed_at = time.monotonic() if self.scanner.pending else None
+        if self.opts.read_only:
+            detach = detach or b"\x03" in forward  # a watcher's Ctrl-C leaves; nothing is sent
+            forward = b""
         if forward:
             self.outbox.put_nowait(("input", forward))
         if detach:

@@ -1,6 +1,6 @@
 """End-to-end fixtures: real `runlet` processes in real pseudo-terminals, and what users see.
 
-A `Terminal` runs one `runlet` command under pexpect in its own pseudo-terminal and feeds
+A `Terminal` runs one program (mostly `runlet`) under pexpect in its own pseudo-terminal and feeds
 every byte the terminal receives into a pyte screen, so tests assert on the screen a user
 would look at. `Terminal.key` sends what a real xterm sends for a key, including the
 application cursor mode (DECCKM) that curses programs switch on. Every terminal a test opens
@@ -10,17 +10,15 @@ is closed (force) when it ends; the daemons are stopped by the `fleet` fixture.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
 
 import pexpect
-import pyte  # type: ignore[import-untyped]
+import pyte
 import pytest
 
 from tests.support import BROKER_URL, REPO, Fleet
@@ -53,7 +51,7 @@ def runlet_argv(config: Path, *args: str) -> list[str]:
 
 
 class Terminal:
-    """One `runlet` command in a real pseudo-terminal, with the screen its user sees."""
+    """One program (mostly `runlet`) in a real pseudo-terminal, with the screen its user sees."""
 
     def __init__(self, argv: list[str], rows: int, cols: int) -> None:
         self.screen = pyte.Screen(cols, rows)
@@ -63,6 +61,7 @@ class Terminal:
         self.child = pexpect.spawn(
             argv[0], argv[1:], env=client_env(), cwd=str(REPO), dimensions=(rows, cols)
         )
+        self.child.delaybeforesend = None  # keys leave when pressed: timing can be under test
 
     # -- what the user sees ------------------------------------------------------------------
 
@@ -126,6 +125,7 @@ class Terminal:
             if time.monotonic() > end:
                 raise AssertionError(f"still running after {timeout} s; screen:\n{self.text()}")
             self.pump(0.1)
+        self.child.wait()  # the terminal's end can come a moment before the process's
         self.child.close()
         if self.child.signalstatus is not None:
             return 128 + int(self.child.signalstatus)
@@ -157,13 +157,29 @@ class Terminal:
         self.child.setwinsize(rows, cols)
 
     def close(self) -> None:
-        if self.child.isalive():
-            self.child.kill(signal.SIGTERM)
+        """End the program if it still runs (SIGHUP, then harder) and close the terminal."""
         self.child.close(force=True)
 
 
-class OpenTerminal(Protocol):
-    def __call__(self, config: Path, *args: str, rows: int = 24, cols: int = 80) -> Terminal: ...
+class Terminals:
+    """Opens programs in new pseudo-terminals and closes every one of them at the end."""
+
+    def __init__(self) -> None:
+        self.opened: list[Terminal] = []
+
+    def __call__(self, config: Path, *args: str, rows: int = 24, cols: int = 80) -> Terminal:
+        """`runlet -c CONFIG ARGS...` in a new terminal of `rows` x `cols`."""
+        return self.program(runlet_argv(config, *args), rows=rows, cols=cols)
+
+    def program(self, argv: list[str], *, rows: int = 24, cols: int = 80) -> Terminal:
+        """Any program (a shell around runlet, say) in a new terminal."""
+        term = Terminal(argv, rows, cols)
+        self.opened.append(term)
+        return term
+
+    def close(self) -> None:
+        for term in self.opened:
+            term.close()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -189,18 +205,13 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
 
 
 @pytest.fixture
-def terminal() -> Iterator[OpenTerminal]:
-    """Opens `runlet -c CONFIG ARGS...` in a new pseudo-terminal; closes them all afterwards."""
-    opened: list[Terminal] = []
-
-    def open_terminal(config: Path, *args: str, rows: int = 24, cols: int = 80) -> Terminal:
-        term = Terminal(runlet_argv(config, *args), rows, cols)
-        opened.append(term)
-        return term
-
-    yield open_terminal
-    for term in opened:
-        term.close()
+def terminal() -> Iterator[Terminals]:
+    """`terminal(CONFIG, ARGS...)` opens `runlet` in a new pseudo-terminal; all closed after."""
+    terminals = Terminals()
+    try:
+        yield terminals
+    finally:
+        terminals.close()
 
 
 def runlet(config: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:

@@ -8,13 +8,17 @@ them: a curses program switches the cursor keys to application mode, so Down is 
 
 from __future__ import annotations
 
+import shlex
+import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import CURSES_APP, OpenTerminal, Terminal, runlet
+from tests.e2e.conftest import CURSES_APP, Terminal, Terminals, runlet, runlet_argv
 from tests.support import Fleet
 
 pytestmark = pytest.mark.e2e
@@ -30,6 +34,18 @@ def menu_cursor(term: Terminal) -> list[str]:
 
 def wait_cursor(term: Terminal, item: str) -> None:
     term.wait_until(lambda: menu_cursor(term) == [item], f"the cursor on {item!r}")
+
+
+def echoed_ctrl_brackets(term: Terminal, count: int) -> bool:
+    """True when the job has echoed exactly `count` Ctrl-] bytes, one per line."""
+    return term.lines().count(r"b'\x1d'") == count
+
+
+def run_on_edge_2(
+    terminal: Terminals, client: Path, *argv: str, rows: int = 24, cols: int = 80
+) -> Terminal:
+    """`runlet run --on edge-2 -- ARGV` in a new terminal."""
+    return terminal(client, "run", "--on", "edge-2", "--", *argv, rows=rows, cols=cols)
 
 
 def start_detached(client: Path, *argv: str) -> str:
@@ -52,11 +68,11 @@ def send_when_running(client: Path, job_id: str, text: str) -> None:
         assert time.monotonic() < end, f"job {job_id} never took input: {done.stderr}"
 
 
-def test_curses_program_through_a_real_terminal(fleet: Fleet, terminal: OpenTerminal) -> None:
+def test_curses_program_through_a_real_terminal(fleet: Fleet, terminal: Terminals) -> None:
     """Arrows, F2, a window resize and F10 reach a remote curses app; its status comes back."""
     fleet.start_process("edge-2")
     client = fleet.config_file("edge-1", role="client")
-    term = terminal(client, "run", "--on", "edge-2", "--", *CURSES, rows=24, cols=80)
+    term = run_on_edge_2(terminal, client, *CURSES, rows=24, cols=80)
     term.wait_text("size=24x80")
     assert menu_cursor(term) == ["> item 1 alpha"]
 
@@ -75,7 +91,7 @@ def test_curses_program_through_a_real_terminal(fleet: Fleet, terminal: OpenTerm
     assert term.wait_exit() == 7
 
 
-def test_late_join_sees_the_current_screen(fleet: Fleet, terminal: OpenTerminal) -> None:
+def test_late_join_sees_the_current_screen(fleet: Fleet, terminal: Terminals) -> None:
     """A late `attach` shows the screen as it is, types live, detaches; the job goes on."""
     fleet.start_process("edge-2")
     starter = fleet.config_file("edge-1", role="client")
@@ -94,18 +110,23 @@ def test_late_join_sees_the_current_screen(fleet: Fleet, terminal: OpenTerminal)
     assert viewer.wait_exit() == 0
     assert f"detached; job {job_id} goes on" in viewer.text()
 
-    watcher = terminal(fleet.config_file("edge-4", role="client"), "attach", "--read-only", job_id)
+    watcher = terminal(
+        fleet.config_file("edge-4", role="client"), "attach", "--read-only", job_id, cols=120
+    )
     wait_cursor(watcher, "> item 3 charlie")
     send_when_running(starter, job_id, r"\e[21~")  # F10
     assert watcher.wait_exit() == 7
     assert f"job {job_id} on edge-2 exited with status 7" in watcher.text()
 
 
-def test_read_only_viewer_cannot_type(fleet: Fleet, terminal: OpenTerminal) -> None:
+def test_read_only_viewer_cannot_type(fleet: Fleet, terminal: Terminals) -> None:
     """Keys typed into `attach --read-only` never reach the job; its output still shows."""
     fleet.start_process("edge-2")
     job_id = start_detached(
-        fleet.config_file("edge-1", role="client"), "sh", "-c", "echo ready; read x; echo got=$x"
+        fleet.config_file("edge-1", role="client"),
+        "sh",
+        "-c",
+        'echo ready; read x; echo "got=$x"; read y; echo "then=$y"',
     )
     watcher = terminal(fleet.config_file("edge-3", role="client"), "attach", "--read-only", job_id)
     typist = terminal(fleet.config_file("edge-4", role="client"), "attach", job_id)
@@ -113,15 +134,19 @@ def test_read_only_viewer_cannot_type(fleet: Fleet, terminal: OpenTerminal) -> N
     typist.wait_text("ready")
 
     watcher.send(b"secret\r")
-    typist.send(b"typed\r")
+    typist.send(b"typed\r")  # had the watcher's line gone in, it would show in got= or then=
     for term in (watcher, typist):
         term.wait_text("got=typed")
+    typist.send(b"done\r")
+    for term in (watcher, typist):
+        term.wait_text("then=done")
         assert term.wait_exit() == 0
-    assert "got=secret" not in watcher.text()
+        assert "got=typed" in term.lines()
+        assert "then=done" in term.lines()
     assert "secret" not in typist.text()  # the job's terminal never echoed it
 
 
-def test_three_viewers_type_in_turn(fleet: Fleet, terminal: OpenTerminal) -> None:
+def test_three_viewers_type_in_turn(fleet: Fleet, terminal: Terminals) -> None:
     """Three viewers on three devices type one line each; every screen shows all, in order."""
     fleet.start_process("edge-2")
     job_id = start_detached(
@@ -149,20 +174,11 @@ def test_three_viewers_type_in_turn(fleet: Fleet, terminal: OpenTerminal) -> Non
         assert shown == expected
 
 
-def test_ctrl_c_goes_to_the_job(fleet: Fleet, terminal: OpenTerminal) -> None:
+def test_ctrl_c_goes_to_the_job(fleet: Fleet, terminal: Terminals) -> None:
     """Ctrl-C in `runlet run` interrupts the remote job, not runlet: the job's trap runs."""
     fleet.start_process("edge-2")
     script = 'trap "echo caught INT; exit 5" INT; echo ready; while :; do sleep 0.1; done'
-    term = terminal(
-        fleet.config_file("edge-1", role="client"),
-        "run",
-        "--on",
-        "edge-2",
-        "--",
-        "sh",
-        "-c",
-        script,
-    )
+    term = run_on_edge_2(terminal, fleet.config_file("edge-1", role="client"), "sh", "-c", script)
     term.wait_text("ready")
     term.key("ctrl-c")
     term.wait_text("caught INT")
@@ -170,22 +186,15 @@ def test_ctrl_c_goes_to_the_job(fleet: Fleet, terminal: OpenTerminal) -> None:
     assert "exited with status 5" in term.text()
 
 
-def test_detach_key_twice_sends_it_once(fleet: Fleet, terminal: OpenTerminal) -> None:
+def test_detach_key_twice_sends_it_once(fleet: Fleet, terminal: Terminals) -> None:
     """Ctrl-] pressed twice reaches the job as one Ctrl-] byte, and runlet stays attached."""
     fleet.start_process("edge-2")
     reader = (
         "import sys, tty; tty.setraw(0); sys.stdout.write('ready\\r\\n'); sys.stdout.flush(); "
         "sys.stdout.write(repr(sys.stdin.buffer.read(2)) + '\\r\\n')"
     )
-    term = terminal(
-        fleet.config_file("edge-1", role="client"),
-        "run",
-        "--on",
-        "edge-2",
-        "--",
-        sys.executable,
-        "-c",
-        reader,
+    term = run_on_edge_2(
+        terminal, fleet.config_file("edge-1", role="client"), sys.executable, "-c", reader
     )
     term.wait_text("ready")
     term.send(b"\x1d\x1d")
@@ -194,7 +203,7 @@ def test_detach_key_twice_sends_it_once(fleet: Fleet, terminal: OpenTerminal) ->
     assert term.wait_exit() == 0
 
 
-def test_cancel_escalates_to_sigkill(fleet: Fleet, terminal: OpenTerminal) -> None:
+def test_cancel_escalates_to_sigkill(fleet: Fleet, terminal: Terminals) -> None:
     """`runlet cancel` ends a job that ignores SIGTERM by SIGKILL after the grace, and says so."""
     fleet.start_process("edge-2", grace=1.0)
     client = fleet.config_file("edge-1", role="client")
@@ -208,14 +217,96 @@ def test_cancel_escalates_to_sigkill(fleet: Fleet, terminal: OpenTerminal) -> No
         watchers[job_id].wait_text(banner)
 
     started = time.monotonic()
-    done = runlet(client, "cancel", stubborn)
-    assert done.returncode == 0, done.stderr
-    assert time.monotonic() - started >= 1.0  # the grace was given
-    assert f"job {stubborn} cancelled (ended by SIGKILL)" in done.stderr
-    assert watchers[stubborn].wait_exit() == 128 + 9
-    assert "cancelled (ended by SIGKILL)" in watchers[stubborn].text()
+    with ThreadPoolExecutor(2) as pool:  # both at once: only the stubborn one waits the grace
+        futures = {job_id: pool.submit(runlet, client, "cancel", job_id) for job_id in watchers}
+        done = {job_id: future.result() for job_id, future in futures.items()}
+    assert time.monotonic() - started >= 1.0
+    for job_id, how in ((stubborn, "SIGKILL"), (polite, "SIGTERM")):
+        assert done[job_id].returncode == 0, done[job_id].stderr
+        assert f"job {job_id} cancelled (ended by {how})" in done[job_id].stderr
+        assert watchers[job_id].wait_exit() == 128 + getattr(signal, how)
+        shown = f"[runlet] job {job_id} on edge-2 cancelled (ended by {how})"
+        assert shown in watchers[job_id].lines()
 
-    done = runlet(client, "cancel", polite)
-    assert done.returncode == 0, done.stderr
-    assert f"job {polite} cancelled (ended by SIGTERM)" in done.stderr
-    assert watchers[polite].wait_exit() == 128 + 15
+
+# -- regressions: each of these once failed --
+
+
+def test_read_only_viewer_swallows_keystrokes(fleet: Fleet, terminal: Terminals) -> None:
+    """Keys typed into a read-only viewer are neither echoed nor left for the shell after it."""
+    fleet.start_process("edge-2")
+    starter = fleet.config_file("edge-1", role="client")
+    job_id = start_detached(starter, "sh", "-c", "echo ready; read x; echo got=$x")
+    attach = shlex.join(
+        runlet_argv(fleet.config_file("edge-3", role="client"), "attach", "--read-only", job_id)
+    )
+    # the user's shell: after the viewer, it reads the next line the user types
+    shell = terminal.program(
+        ["sh", "-c", f'{attach}; echo "viewer ended"; read line; echo "shell read [$line]"']
+    )
+    shell.wait_text("ready")
+    shell.send(b"whoami\r")
+    send_when_running(starter, job_id, r"typed\r")
+    shell.wait_text("viewer ended")
+    shell.send(b"next\r")
+    shell.wait_text("shell read [")
+    assert "shell read [next]" in shell.lines()
+    assert "whoami" not in shell.text()
+
+
+def test_read_only_viewer_detaches_with_the_detach_key(fleet: Fleet, terminal: Terminals) -> None:
+    """Ctrl-] alone detaches a read-only viewer too, as `runlet --help` says for attach."""
+    fleet.start_process("edge-2")
+    client = fleet.config_file("edge-1", role="client")
+    job_id = start_detached(client, "sh", "-c", "echo ready; while :; do sleep 0.1; done")
+    watcher = terminal(client, "attach", "--read-only", job_id)
+    watcher.wait_text("ready")
+    watcher.detach()
+    assert watcher.wait_exit(timeout=1.5) == 0
+    assert f"detached; job {job_id} goes on" in watcher.text()
+
+
+def test_lone_detach_key_detaches_while_output_streams(fleet: Fleet, terminal: Terminals) -> None:
+    """A lone Ctrl-] then a pause detaches even while the job prints without a break."""
+    fleet.start_process("edge-2")
+    ticking = "while :; do echo tick; sleep 0.05; done"
+    term = run_on_edge_2(terminal, fleet.config_file("edge-1", role="client"), "sh", "-c", ticking)
+    term.wait_text("tick")
+    term.detach()
+    assert term.wait_exit(timeout=1.5) == 0
+    assert "detached; job" in term.text()
+
+
+def test_quick_double_press_never_detaches(fleet: Fleet, terminal: Terminals) -> None:
+    """Ctrl-] twice 0.1 s apart always sends one Ctrl-], whenever it comes after output."""
+    fleet.start_process("edge-2")
+    echo = (
+        "import os, sys, tty; tty.setraw(0); sys.stdout.write('ready\\r\\n'); sys.stdout.flush()\n"
+        "while True: sys.stdout.write(repr(os.read(0, 16)) + '\\r\\n'); sys.stdout.flush()"
+    )
+    term = run_on_edge_2(
+        terminal, fleet.config_file("edge-1", role="client"), sys.executable, "-c", echo
+    )
+    term.wait_text("ready")
+    # the pauses are the scenario: a fast double press, at several moments after output
+    for count, delay in enumerate((0.0, 0.03, 0.06, 0.09, 0.12, 0.15, 0.18, 0.21, 0.24), 1):
+        time.sleep(delay)
+        term.key("ctrl-]")
+        time.sleep(0.1)
+        term.key("ctrl-]")
+        term.wait_until(
+            partial(echoed_ctrl_brackets, term, count),
+            f"Ctrl-] number {count} echoed by the job",
+        )
+
+
+def test_job_gets_the_terminal_type_it_runs_in(
+    fleet: Fleet, terminal: Terminals, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's TERM is that of the terminal running `runlet run`, not the daemon's own."""
+    monkeypatch.setenv("TERM", "vt100")  # the environment the daemon was started from
+    fleet.start_process("edge-2")
+    client = fleet.config_file("edge-1", role="client")
+    term = run_on_edge_2(terminal, client, "sh", "-c", "echo term=$TERM")  # TERM=xterm-256color
+    assert term.wait_exit() == 0
+    assert "term=xterm-256color" in term.lines()
