@@ -254,6 +254,8 @@ async def logs_job(config: Config, key: FleetKey, args: argparse.Namespace) -> i
         try:
             status = await Follower(client, job_id, watch, options).run()
         except JobNotFound:
+            if local.exists():  # an unfinished copy is all there is: show it, say what is missing
+                return _print_log(local, job_id, key, args)
             raise JobNotFound(
                 f"no log of job {job_id}: not in the object store and no online node holds it",
                 job_id=job_id,

@@ -80,6 +80,7 @@ class Fleet:
         max_parallel: int = 4,
         grace: float = 2.0,
         urls: tuple[str, ...] = (BROKER_URL,),
+        extra: str = "",
     ) -> Path:
         path = self.root / f"{node}.toml"
         url_list = ", ".join(json.dumps(u) for u in urls)
@@ -89,6 +90,7 @@ class Fleet:
             f"[broker]\nurls = [{url_list}]\nheartbeat = 5\n"
             f"[jobs]\nmax_parallel = {max_parallel}\ngrace_seconds = {grace}\n"
             f'[crypto]\nkey_file = "{self.key_file}"\n[log]\nlevel = "info"\nformat = "json"\n'
+            + extra
         )
         return path
 

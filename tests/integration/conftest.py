@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.s3 import moto_server, private_s3_server, s3_server, storage_config  # noqa: F401
 from tests.support import BROKER_URL, Fleet
 
 
