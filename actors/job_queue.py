@@ -257,6 +257,9 @@ class JobQueue(Actor):
         entry = self._journal.get(ask.job_id)
         if entry is None or delivery.reply_to is None:
             return  # not ours: the node holding it answers
+        if not addresses.valid_reply_key(delivery.reply_to):
+            self.log.warning("replay_refused", job=ask.job_id, reason="bad reply key")
+            return
         self.ctx.router.tell(
             VAULT,
             Replay(

@@ -173,7 +173,6 @@ class LogVault(Actor):
                 ask.reply_to,
                 body,
                 message_id=f"{ask.job_id}:{suffix}",
-                exchange="",
                 correlation_id=ask.correlation_id,
             )
         )

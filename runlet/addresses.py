@@ -110,6 +110,22 @@ def presence_key(node: str) -> str:
     return f"node.{node}.presence"
 
 
+REPLY_KEY_RE = re.compile(r"reply\.[A-Za-z0-9_-]{1,64}\.[0-9a-f]{32}")
+
+
+def reply_key(viewer: str, job_id: str) -> str:
+    """Where a node sends its answer to one viewer: a key on the user's own exchange.
+
+    Replies never use the default exchange: writing to it would let any account reach any
+    queue by name, so per-user broker permissions could not hold.
+    """
+    return f"reply.{viewer}.{parent_job_id(job_id)}"
+
+
+def valid_reply_key(key: str) -> bool:
+    return REPLY_KEY_RE.fullmatch(key) is not None
+
+
 def fanout_pattern(job_id: str, concern: str) -> str:
     """Binding pattern matching every child of a fanned-out job for one concern."""
     return f"job.{job_id}.*.{concern}"

@@ -54,6 +54,7 @@ class Watch:
     """A viewer's exclusive queue: states, output and replies for one job (or its children)."""
 
     queue: str
+    reply_key: str = ""
     inbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     rejected: int = 0
 
@@ -126,7 +127,9 @@ class Client:
         name = addresses.job_queue(
             self.config.user, addresses.parent_job_id(job_id), "view", self.viewer
         )
-        watch = Watch(name)
+        reply = addresses.reply_key(self.viewer, job_id)
+        keys = (*keys, reply)
+        watch = Watch(name, reply)
 
         async def on_message(incoming: Incoming) -> None:
             await incoming.ack()
@@ -221,7 +224,7 @@ class Client:
             message_id=f"{self.viewer}:replay:{self.next_seq()}",
             durable=False,
             mandatory=False,
-            reply_to=watch.queue,
+            reply_to=watch.reply_key,
             correlation_id=job_id,
         )
 
