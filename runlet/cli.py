@@ -201,7 +201,7 @@ def _config(args: argparse.Namespace, *, daemon: bool = False) -> Config:
 def _fleet_key(config: Config) -> Any:
     from runlet.crypto import FleetKey
 
-    return FleetKey.load(config.crypto.key_file)
+    return FleetKey.load(config.key_file)
 
 
 # -- roles --------------------------------------------------------------------------------
@@ -282,8 +282,8 @@ def cmd_key_init(args: argparse.Namespace) -> int:
 
     config = _config(args)
     key = FleetKey.generate()
-    key.save(config.crypto.key_file, overwrite=args.force)
-    print(f"fleet key {key.fingerprint()} written to {config.crypto.key_file}")
+    key.save(config.key_file, overwrite=args.force)
+    print(f"fleet key {key.fingerprint()} written to {config.key_file}")
     print("copy it to your other devices with `runlet key export` / `runlet key import`")
     return 0
 
@@ -299,8 +299,8 @@ def cmd_key_import(args: argparse.Namespace) -> int:
     config = _config(args)
     text = sys.stdin.read(8192)
     key = FleetKey.import_text(text)
-    key.save(config.crypto.key_file, overwrite=args.force)
-    print(f"fleet key {key.fingerprint()} written to {config.crypto.key_file}")
+    key.save(config.key_file, overwrite=args.force)
+    print(f"fleet key {key.fingerprint()} written to {config.key_file}")
     return 0
 
 
@@ -348,7 +348,7 @@ def _config_dict(config: Config) -> dict[str, Any]:
             "grace_seconds": config.jobs.grace_seconds,
             "max_load": config.jobs.max_load,
         },
-        "crypto": {"key_file": str(config.crypto.key_file)},
+        "crypto": None if config.crypto is None else {"key_file": str(config.crypto.key_file)},
         "log": {"level": config.log.level, "format": config.log.format},
         "source": config.source,
     }

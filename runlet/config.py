@@ -122,21 +122,54 @@ class VaultConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """What the server role needs: section ``[server]`` (passwords by file path only)."""
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    database_password_file: Path | None = None
+    presence_timeout: float = 45.0
+    management_url: str = "http://127.0.0.1:15672"
+    management_user: str = "guest"
+    management_password_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Where Prometheus scrapes this process: section ``[metrics]``."""
+
+    listen: str = "127.0.0.1:9464"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    """The whole checked configuration of one daemon or client."""
+    """The whole checked configuration of one daemon, client or server."""
 
     role: str
     user: str
     node: str
     data_dir: Path
-    crypto: CryptoConfig
+    crypto: CryptoConfig | None = None
     tags: tuple[str, ...] = ()
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     storage: StorageConfig | None = None
     vault: VaultConfig = field(default_factory=VaultConfig)
+    server: ServerConfig | None = None
+    metrics: MetricsConfig | None = None
     source: str | None = None
+
+    @property
+    def key_file(self) -> Path:
+        """The fleet key's path; a ConfigError if this config has no [crypto] section."""
+        if self.crypto is None:
+            raise ConfigError("crypto.key_file", "is required for this command", source=self.source)
+        return self.crypto.key_file
 
 
 # --- value checks ------------------------------------------------------------------------
@@ -325,6 +358,21 @@ class _HttpUrl:
 
 
 @dataclass(frozen=True, slots=True)
+class _HostPort:
+    shape: ClassVar[_Shape] = "text"
+    doc: ClassVar[str] = "HOST:PORT"
+
+    def __call__(self, value: object) -> str:
+        text = _text(value)
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise _Invalid(f"must be HOST:PORT with a port from 1 to 65535, got {_preview(text)}")
+        if any(char <= " " for char in host):
+            raise _Invalid("host must not contain spaces or control characters")
+        return text
+
+
+@dataclass(frozen=True, slots=True)
 class _PathValue:
     shape: ClassVar[_Shape] = "text"
     doc: ClassVar[str] = "path"
@@ -457,7 +505,12 @@ def _keyed(*keys: _Key) -> dict[str, _Key]:
 
 
 _TOP_KEYS = _keyed(
-    _Key("role", _Choice(("daemon", "client")), "which program reads this file", required=True),
+    _Key(
+        "role",
+        _Choice(("daemon", "client", "server")),
+        "which program reads this file",
+        required=True,
+    ),
     _Key("user", _Name(), "who this program acts for; a routing-key word", required=True),
     _Key(
         "node",
@@ -501,6 +554,7 @@ _SECTIONS: dict[str, _Section] = {
     "crypto": _Section(
         CryptoConfig,
         _keyed(_Key("key_file", _PathValue(), "file holding the sealing key", required=True)),
+        optional=True,  # required for daemons and clients; a server never holds the key
     ),
     "log": _Section(
         LogConfig,
@@ -549,6 +603,37 @@ _SECTIONS: dict[str, _Section] = {
                 " evicted, oldest first",
             ),
         ),
+    ),
+    "server": _Section(
+        ServerConfig,
+        _keyed(
+            _Key("database_url", _Text(), "PostgreSQL DSN (postgresql://user@host:port/db)"),
+            _Key(
+                "database_password_file",
+                _PathValue(),
+                "file holding the database password, mode 600; unset: none (trust or .pgpass)",
+            ),
+            _Key(
+                "presence_timeout",
+                _Positive(3600),
+                "seconds without a heartbeat before a node's running jobs are marked lost",
+            ),
+            _Key("management_url", _HttpUrl(), "RabbitMQ management API, for `runlet user`"),
+            _Key("management_user", _Text(), "RabbitMQ administrator for `runlet user`"),
+            _Key(
+                "management_password_file",
+                _PathValue(),
+                'file holding that administrator\'s password; unset: "guest"',
+            ),
+        ),
+        optional=True,
+    ),
+    "metrics": _Section(
+        MetricsConfig,
+        _keyed(
+            _Key("listen", _HostPort(), "address of the Prometheus /metrics endpoint"),
+        ),
+        optional=True,
     ),
 }
 
@@ -791,6 +876,12 @@ def _build(table: Mapping[str, Any], base_dir: Path, origins: _Origins) -> Confi
         top["node"] = _default_node(origins)
     if "data_dir" not in top:
         top["data_dir"] = _default_data_dir(origins)
+    if sections["crypto"] is None and top["role"] != "server":
+        problem = (
+            f"is required for role {top['role']!r} (daemons and clients seal with the fleet"
+            f" key): set it in the file or with {_env_name('crypto.key_file')}"
+        )
+        raise ConfigError("crypto.key_file", problem, source=origins.file)
     return Config(**top, **sections, source=origins.file)
 
 

@@ -35,7 +35,7 @@ class Daemon:
 
     def __init__(self, config: Config, fleet_key: FleetKey | None = None) -> None:
         self.config = config
-        key = fleet_key if fleet_key is not None else FleetKey.load(config.crypto.key_file)
+        key = fleet_key if fleet_key is not None else FleetKey.load(config.key_file)
         self.loop = LoopThread(f"runlet-aio-{config.node}")
         self.ctx = Context(
             router=Router(),

@@ -21,6 +21,8 @@ from runlet.config import (
     CryptoConfig,
     JobsConfig,
     LogConfig,
+    MetricsConfig,
+    ServerConfig,
     StorageConfig,
     VaultConfig,
     describe_keys,
@@ -673,7 +675,7 @@ def test_bool_is_not_a_number(key: str, literal: str) -> None:
         ("jobs.shell", '"/bin/sh\\u0000"'),
         ("crypto.key_file", '""'),
         ("data_dir", '""'),
-        ("role", '"server"'),
+        ("role", '"ledger"'),
         ("role", '"Daemon"'),
         ("log.level", '"verbose"'),
         ("log.level", '"INFO"'),
@@ -995,6 +997,8 @@ SECTION_CLASSES: dict[str, type] = {
     "log": LogConfig,
     "storage": StorageConfig,
     "vault": VaultConfig,
+    "server": ServerConfig,
+    "metrics": MetricsConfig,
 }
 
 
