@@ -10,9 +10,10 @@ Every state change is journaled first, then published on `job.<id>.state` (durab
 
 from __future__ import annotations
 
+import platform
 from typing import Any
 
-from runlet import addresses, metrics, wire
+from runlet import __version__, addresses, metrics, wire
 from runlet.errors import CryptoError, ProtocolError, StorageError
 from runlet.journal import Journal
 from runlet.local import (
@@ -34,7 +35,13 @@ from runlet.local import (
     StartSession,
     Terminate,
 )
-from runlet.messages import ControlSent, JobStateChanged, ReplayRequested, StartJob
+from runlet.messages import (
+    ControlSent,
+    JobStateChanged,
+    NodeHeartbeat,
+    ReplayRequested,
+    StartJob,
+)
 from runlet.payloads import Control, JobSpec
 from runlet.runtime import GATEWAY, Actor, Context, supervise
 
@@ -75,6 +82,7 @@ class JobQueue(Actor):
             )
             self._queue(entry.job_id, announce=False)
         metrics.JOBS_RUNNING.set(len(self.journal.running()))
+        self._heartbeat()
 
     def on_stop(self) -> None:
         if self.journal is not None:
@@ -103,6 +111,8 @@ class JobQueue(Actor):
                 self._running(job_id)
             case SessionEnded():
                 self._ended(message)
+            case ("heartbeat",):
+                self._heartbeat()
             case ChildDied(name=name, error=error) if name.startswith("pty:"):
                 self._session_crashed(name.removeprefix("pty:"), error)
             case _:
@@ -272,6 +282,27 @@ class JobQueue(Actor):
                 entry.signal,
             ),
         )
+
+    def _heartbeat(self) -> None:
+        """Tell the server this node is alive and what it holds; again and again."""
+        counts = self._journal.statistics()
+        beat = NodeHeartbeat(
+            self.node,
+            self.ctx.clock(),
+            __version__,
+            f"{platform.system()}-{platform.machine()}",
+            tuple(self.ctx.settings.tags),
+            counts.get("running", 0),
+            counts.get("queued", 0),
+        )
+        self.ctx.router.publish(
+            Publish(
+                addresses.presence_key(self.node),
+                wire.encode(beat),
+                message_id=f"{self.node}:beat:{beat.at}",
+            )
+        )
+        self.tell_self_later(self.ctx.settings.broker.presence_seconds, ("heartbeat",))
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from runlet.local import (
     UploadTick,
 )
 from runlet.logfile import LogWriter, Record, read_records, seal_output
-from runlet.messages import OutputChunk, ReplayFinished
+from runlet.messages import LogStored, OutputChunk, ReplayFinished
 from runlet.runtime import Actor, Context
 
 
@@ -255,6 +255,7 @@ class LogVault(Actor):
             metrics.UPLOADS.labels(kind=kind, result="ok").inc()
             if done.final:
                 backlog.mark_uploaded(self.path(done.job_id), done.digest)
+                self._announce(done.job_id, done.digest)
                 self.due.pop(done.job_id, None)
                 self.attempts.pop(done.job_id, None)
                 self.log.info("log_uploaded", job=done.job_id, hash=done.digest[:16])
@@ -274,6 +275,20 @@ class LogVault(Actor):
                 )
         metrics.UPLOAD_BACKLOG.set(len(self.due))
         self._kick()
+
+    def _announce(self, job_id: str, digest: str) -> None:
+        """Tell the ledger where the log is (the server records location and hash)."""
+        key = f"{self.ctx.settings.user}/{self.node}/{job_id}.rlog"
+        stored = LogStored(job_id, self.node, key, digest)
+        self.ctx.router.publish(
+            Publish(
+                addresses.log_key(job_id),
+                wire.encode(stored),
+                message_id=f"{job_id}:log:{digest[:16]}",
+                durable=True,
+                mandatory=True,
+            )
+        )
 
     def _checkpoint(self) -> None:
         """Upload what running jobs wrote so far, so a device that dies leaves it behind."""

@@ -203,6 +203,7 @@ class Pump:
         self.last_flush = 0.0
         self.flush_timer: asyncio.TimerHandle | None = None
         self.exit_timer: asyncio.TimerHandle | None = None
+        self.typed_at: float | None = None  # when the last keystrokes went in, until echoed
 
     def start(self) -> None:
         self._resume()
@@ -242,6 +243,9 @@ class Pump:
             self.flush_timer.cancel()
             self.flush_timer = None
         self.last_flush = time.monotonic()
+        if self.typed_at is not None and self.buf:
+            metrics.INPUT_ROUNDTRIP.observe(self.last_flush - self.typed_at)
+            self.typed_at = None
         while self.buf or final:
             piece = bytes(self.buf[:MAX_CHUNK])
             del self.buf[:MAX_CHUNK]
@@ -265,6 +269,7 @@ class Pump:
             return
         was_idle = not self.pending_writes
         self.pending_writes += data
+        self.typed_at = time.monotonic()
         if was_idle:
             self._drain()
 

@@ -17,6 +17,8 @@ JOB_ID_RE = re.compile(r"[0-9a-f]{32}(?:\.[A-Za-z0-9_-]{1,64})?")
 DISPATCH_ANY = "dispatch.any"
 DISPATCH_ALL = "dispatch.all"
 RPC_JOBS = "rpc.jobs"  # a question about a job, asked of every node; only its holder answers
+SERVER_RPC = "server.rpc"  # questions for the server (jobs, job, nodes)
+PRESENCE_PATTERN = "node.*.presence"
 
 
 def valid_name(name: str) -> bool:
@@ -72,6 +74,14 @@ def rpc_queue(user: str, node: str) -> str:
     return f"runlet.{user}.node.{node}.rpc"
 
 
+def presence_queue(user: str) -> str:
+    return f"runlet.{user}.presence"
+
+
+def server_rpc_queue(user: str) -> str:
+    return f"runlet.{user}.server.rpc"
+
+
 def job_queue(user: str, job_id: str, concern: str, suffix: str = "") -> str:
     """Per-job classic queue name; `suffix` makes it unique per connection or viewer."""
     tail = f".{suffix}" if suffix else ""
@@ -88,6 +98,10 @@ def dispatch_tag_key(tag: str) -> str:
 
 def state_key(job_id: str) -> str:
     return f"job.{job_id}.state"
+
+
+def log_key(job_id: str) -> str:
+    return f"job.{job_id}.log"
 
 
 def output_key(job_id: str) -> str:
@@ -131,4 +145,4 @@ def fanout_pattern(job_id: str, concern: str) -> str:
     return f"job.{job_id}.*.{concern}"
 
 
-LEDGER_PATTERNS = ("job.*.state", "job.*.*.state")
+LEDGER_PATTERNS = ("job.*.state", "job.*.*.state", "job.*.log", "job.*.*.log")

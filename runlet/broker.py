@@ -112,6 +112,10 @@ class Incoming:
         """Refuse for good: the queue's dead-letter exchange gets it."""
         await self._settle(lambda: self._msg.reject(requeue=False))
 
+    async def requeue(self) -> None:
+        """Give it back to the queue to be delivered again (we could not handle it now)."""
+        await self._settle(lambda: self._msg.nack(requeue=True))
+
     async def _settle(self, action: Callable[[], Awaitable[None]]) -> None:
         if self._generation != self._broker.generation:
             return  # its channel is gone; the broker redelivers it and dedupe drops it

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_key(sub)
 
+    _add_queries(sub)
+    _add_users(sub)
+
     check = sub.add_parser("check-config", help="validate a config file and print what it sets")
     check.add_argument("file")
     check.add_argument("--json", action="store_true", help="print the settings as JSON")
@@ -135,6 +138,39 @@ def _add_logs(sub: Any) -> None:
     logs.add_argument("--raw", action="store_true", help="write the bytes unchanged (for pipes)")
     logs.add_argument("--node", help="the node that ran the job, if the store index is missing")
     logs.set_defaults(func=cmd_logs)
+
+
+def _add_queries(sub: Any) -> None:
+    jobs = sub.add_parser("jobs", help="list jobs recorded by the server, newest first")
+    jobs.add_argument("--node", help="only jobs of this node")
+    jobs.add_argument("--state", help="only jobs in this state (queued, running, exited, ...)")
+    jobs.add_argument("--since", help="only jobs queued since: 10m, 2h, 1d, an ISO time, unix s")
+    jobs.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    jobs.add_argument("--json", action="store_true", help="print JSON")
+    jobs.set_defaults(func=cmd_jobs)
+    job = sub.add_parser("job", help="one job's whole state history, from the server")
+    job.add_argument("job_id")
+    job.add_argument("--json", action="store_true", help="print JSON")
+    job.set_defaults(func=cmd_job)
+    nodes = sub.add_parser("nodes", help="the fleet's nodes: online or not, last seen, jobs")
+    nodes.add_argument("--json", action="store_true", help="print JSON")
+    nodes.set_defaults(func=cmd_nodes)
+
+
+def _add_users(sub: Any) -> None:
+    user = sub.add_parser("user", help="server admin: users and their broker accounts")
+    user_sub = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    add = user_sub.add_parser("add", help="create a user and print a ready device config")
+    add.add_argument("name")
+    add.add_argument("--rotate", action="store_true", help="existing user: set a new password")
+    add.add_argument("--node", default="CHANGE-ME", help="node name to put in the printed config")
+    add.set_defaults(func=cmd_user_add)
+    listing = user_sub.add_parser("list", help="list users")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=cmd_user_list)
+    remove = user_sub.add_parser("remove", help="delete a user's broker account and resources")
+    remove.add_argument("name")
+    remove.set_defaults(func=cmd_user_remove)
 
 
 def _add_key(sub: Any) -> None:
@@ -209,10 +245,14 @@ def _fleet_key(config: Config) -> Any:
 
 def cmd_start(args: argparse.Namespace) -> int:
     config = _config(args, daemon=True)
+    if config.role == "server":
+        from runlet.server import run_server
+
+        return run_server(config)
     if config.role != "daemon":
         raise ConfigError(
             "role",
-            f"`runlet start` runs a daemon, but this config's role is {config.role!r}",
+            f"`runlet start` runs a daemon or a server; this config's role is {config.role!r}",
             source=config.source,
         )
     from runlet.daemon import run_daemon
@@ -258,6 +298,81 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     config = _config(args)
     return asyncio.run(logs_job(config, _fleet_key(config), args))
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from runlet import queries
+    from runlet.messages import Query
+
+    try:
+        since = None if args.since is None else queries.parse_since(args.since)
+        query = Query("jobs", node=args.node, state=args.state, since=since, limit=args.limit)
+    except ValueError as exc:
+        print(f"runlet jobs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    rows = asyncio.run(queries.ask(_config(args), query))
+    print(queries.as_json(rows) if args.json else queries.format_jobs(rows))
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from runlet import queries
+    from runlet.messages import Query
+
+    try:
+        query = Query("job", job_id=args.job_id)
+    except ValueError as exc:
+        print(f"runlet job: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    rows = asyncio.run(queries.ask(_config(args), query))
+    print(queries.as_json(rows[0]) if args.json else queries.format_job(rows[0]))
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from runlet import queries
+    from runlet.messages import Query
+
+    rows = asyncio.run(queries.ask(_config(args), Query("nodes")))
+    print(queries.as_json(rows) if args.json else queries.format_nodes(rows))
+    return 0
+
+
+def _user_name(name: str) -> str:
+    from runlet.addresses import valid_name
+
+    if not valid_name(name):
+        raise ConfigError("user", f"{name[:80]!r} is not a valid name (1-64 of A-Z a-z 0-9 _ -)")
+    return name
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from runlet import admin
+
+    config = _config(args)
+    account = asyncio.run(admin.add_user(config, _user_name(args.name), rotate=args.rotate))
+    print(admin.device_config(config, account, args.node), end="")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    from runlet import admin
+
+    users = asyncio.run(admin.list_users(_config(args)))
+    if args.json:
+        print(json.dumps([{"name": n, "broker_account": b} for n, b in users]))
+    else:
+        for name, has_account in users:
+            print(f"{name}{'' if has_account else '  (no broker account)'}")
+    return 0
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    from runlet import admin
+
+    removed = asyncio.run(admin.remove_user(_config(args), _user_name(args.name)))
+    print(f"user {args.name} {'removed' if removed else 'was not there'}")
+    return 0 if removed else 68
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -70,6 +70,7 @@ class BrokerConfig:
     heartbeat: int = 10
     publish_timeout: float = 10.0
     prefetch: int = 64
+    presence_seconds: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,7 @@ class ServerConfig:
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     database_password_file: Path | None = None
+    database_schema: str | None = None
     presence_timeout: float = 45.0
     management_url: str = "http://127.0.0.1:15672"
     management_user: str = "guest"
@@ -535,6 +537,11 @@ _SECTIONS: dict[str, _Section] = {
             _Key("heartbeat", _Int(1, 600), "AMQP heartbeat interval, seconds"),
             _Key("publish_timeout", _Positive(3600), "seconds to wait for a publish confirm"),
             _Key("prefetch", _Int(1, 65535), "unacknowledged messages per consumer"),
+            _Key(
+                "presence_seconds",
+                _Positive(3600),
+                "seconds between a daemon's heartbeats to the server",
+            ),
         ),
     ),
     "jobs": _Section(
@@ -612,6 +619,11 @@ _SECTIONS: dict[str, _Section] = {
                 "database_password_file",
                 _PathValue(),
                 "file holding the database password, mode 600; unset: none (trust or .pgpass)",
+            ),
+            _Key(
+                "database_schema",
+                _Name(),
+                "PostgreSQL schema for the ledger's tables; unset: the server's search_path",
             ),
             _Key(
                 "presence_timeout",

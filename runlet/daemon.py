@@ -1,4 +1,4 @@
-"""The composition root of the daemon role: the only module that imports `actors`.
+"""The composition root of the daemon role; with `runlet.server`, the only importer of `actors`.
 
 It loads the fleet key, starts the I/O loop, the supervisor and the actors in dependency order,
 and runs until SIGTERM/SIGINT or until the supervisor gives up on a crashing actor.
@@ -20,6 +20,7 @@ from actors.pty_session import PtySession
 from runlet.aio import LoopThread
 from runlet.config import Config
 from runlet.crypto import FleetKey
+from runlet.exposition import MetricsEndpoint
 from runlet.local import StartSession
 from runlet.runtime import Context, Router, start_supervisor, supervise
 
@@ -43,11 +44,13 @@ class Daemon:
             settings=config,
             services={"fleet_key": key, "session_factory": _session},
         )
+        self.metrics = MetricsEndpoint(config.metrics)
 
     def start(self) -> None:
         ctx = self.ctx
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.metrics.start()
         start_supervisor(ctx)
         supervise(ctx, "gateway", lambda: BrokerGateway.start(ctx))
         supervise(ctx, "vault", lambda: LogVault.start(ctx))
@@ -70,6 +73,7 @@ class Daemon:
         self.ctx.stopping.set()
         self.ctx.router.stop_all()
         self.loop.close()
+        self.metrics.stop()
         log.info("daemon_stopped", node=self.config.node)
         return self.ctx.exit_code[0] if self.ctx.exit_code else 0
 

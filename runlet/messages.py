@@ -232,3 +232,62 @@ class NodeHeartbeat:
             _name("tag", tag)
         if self.running < 0 or self.queued < 0:
             raise ValueError("running and queued counts cannot be negative")
+
+
+QUERY_KINDS = ("jobs", "job", "nodes")
+
+
+@message("query")
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A question for the server: `jobs` (filtered), one `job`'s history, or the `nodes`."""
+
+    kind: str
+    job_id: str | None = None
+    node: str | None = None
+    state: str | None = None
+    since: float | None = None
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        if self.kind not in QUERY_KINDS:
+            raise ValueError(f"unknown query {self.kind[:20]!r}")
+        if self.kind == "job" and self.job_id is None:
+            raise ValueError("a job query needs a job id")
+        if self.job_id is not None:
+            _job(self.job_id)
+        if self.node is not None:
+            _name("node", self.node)
+        if self.state is not None and self.state not in STATES:
+            raise ValueError(f"unknown state {self.state[:40]!r}")
+        if not 1 <= self.limit <= 10_000:
+            raise ValueError(f"limit {self.limit} out of range 1..10000")
+
+
+@message("answer")
+@dataclass(frozen=True, slots=True)
+class QueryAnswered:
+    """The server's answer: rows as a msgpack list of maps, or an error."""
+
+    ok: bool
+    rows: bytes = b""
+    error: str | None = None
+
+
+@message("log_stored")
+@dataclass(frozen=True, slots=True)
+class LogStored:
+    """A job's finished log is in the object store under `key`, with this ciphertext hash."""
+
+    job_id: str
+    node: str
+    key: str
+    hash: str
+
+    def __post_init__(self) -> None:
+        _job(self.job_id)
+        _name("node", self.node)
+        if len(self.key) > 1024 or not self.key.endswith(".rlog"):
+            raise ValueError("log key must be an .rlog object key")
+        if len(self.hash) != 64 or any(c not in "0123456789abcdef" for c in self.hash):
+            raise ValueError("log hash must be 64 hex digits")

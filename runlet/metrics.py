@@ -26,3 +26,13 @@ UNEXPECTED_MESSAGES = Counter(
 )
 UPLOAD_BACKLOG = Gauge("runlet_upload_backlog_logs", "Finished logs waiting for their upload")
 UPLOADS = Counter("runlet_uploads_total", "Log uploads to the object store", ["kind", "result"])
+INPUT_ROUNDTRIP = Histogram(
+    "runlet_input_roundtrip_seconds",
+    "From a keystroke written into a job's terminal to the job's next output (its echo)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+LEDGER_EVENTS = Counter(
+    "runlet_ledger_events_total", "Job state events the server handled", ["result"]
+)
+NODES_ONLINE = Gauge("runlet_nodes_online", "Nodes whose heartbeat is current", ["user"])
+LEDGER_JOBS = Gauge("runlet_ledger_jobs", "Jobs in the ledger by state", ["state"])

@@ -1,0 +1,265 @@
+"""Ledger: the server's record of every user's jobs and nodes, in PostgreSQL.
+
+For each user known to the database it consumes three queues on that user's exchange:
+`runlet.<user>.ledger` (every job state change, quorum), `runlet.<user>.presence` (node
+heartbeats, short TTL) and `runlet.<user>.server.rpc` (queries). A state change is acked only
+once PostgreSQL has it; if the database is down, deliveries go back to the queue and wait —
+devices keep working meanwhile. Recording is idempotent, so redeliveries change nothing.
+
+Every few seconds it looks for nodes whose heartbeat stopped: their running jobs become
+`lost` (a node that comes back and reports them corrects the ledger). It never sees a key, a
+command or output: it stores ids, names, states, times and codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from dataclasses import asdict
+from typing import Any
+
+import msgpack
+
+from runlet import addresses, metrics, wire
+from runlet.broker import Broker, Incoming, QueueSpec
+from runlet.errors import DatabaseUnavailable, ProtocolError, RunletError
+from runlet.messages import JobStateChanged, LogStored, NodeHeartbeat, Query, QueryAnswered
+from runlet.runtime import Actor, Context
+
+SWEEP_SECONDS = 2.0
+USERS_SECONDS = 5.0
+PRESENCE_TTL_MS = 120_000
+
+
+class Ledger(Actor):
+    """Owns the database pool and one broker connection per user, all on the I/O loop."""
+
+    def __init__(self, ctx: Context, name: str = "ledger") -> None:
+        super().__init__(ctx, name)
+        self.settings = ctx.settings
+        self.server = ctx.settings.server
+        self.db: Any = None  # runlet.database.Ledger once connected
+        self.brokers: dict[str, Broker] = {}
+        self.task: concurrent.futures.Future[None] | None = None
+
+    def started(self) -> None:
+        self.task = self.ctx.loop.submit(self._run(), self._ended)
+
+    def on_stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if not self.ctx.loop.closed:
+            try:
+                self.ctx.loop.submit(self._close()).result(10)
+            except (concurrent.futures.TimeoutError, RunletError):
+                self.log.warning("ledger_close_timed_out")
+
+    def handle(self, message: object) -> None:
+        match message:
+            case ("failed", str(error)):
+                raise DatabaseUnavailable(error)  # crash: the supervisor restarts us
+            case _:
+                self.unexpected(message)
+
+    def _ended(self, future: concurrent.futures.Future[None]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            self.log.error("ledger_failed", error=repr(exc))
+            try:
+                self.actor_ref.tell(("failed", repr(exc)))
+            except Exception:  # noqa: BLE001 - already stopping
+                return
+
+    # -- on the loop -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        from runlet.database import connect
+
+        self.db = await connect(self._dsn(), schema=self.server.database_schema, max_size=5)
+        applied = await self.db.migrate()
+        self.log.info("ledger_ready", migrations_applied=applied)
+        next_users = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_users:
+                await self._attach_users()
+                next_users = now + USERS_SECONDS
+            await self._sweep()
+            await asyncio.sleep(SWEEP_SECONDS)
+
+    def _dsn(self) -> str:
+        dsn: str = self.server.database_url
+        if self.server.database_password_file is not None:
+            from urllib.parse import quote, urlsplit, urlunsplit
+
+            password = self.server.database_password_file.read_text().strip()
+            parts = urlsplit(dsn)
+            user = parts.username or "postgres"
+            host = parts.hostname or "127.0.0.1"
+            port = f":{parts.port}" if parts.port else ""
+            netloc = f"{quote(user)}:{quote(password)}@{host}{port}"
+            dsn = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return dsn
+
+    async def _close(self) -> None:
+        for broker in self.brokers.values():
+            await broker.close()
+        self.brokers.clear()
+        if self.db is not None:
+            await self.db.close()
+
+    async def _attach_users(self) -> None:
+        for row in await self.db.users():
+            if row.name not in self.brokers:
+                await self._attach(row.name)
+
+    async def _attach(self, user: str) -> None:
+        broker = Broker(
+            self.settings.broker.urls,
+            user,
+            name=f"runlet-server-{user}",
+            heartbeat=self.settings.broker.heartbeat,
+            prefetch=256,
+        )
+        await broker.connect(wait=30)
+        ledger = QueueSpec(addresses.ledger_queue(user), "quorum", addresses.LEDGER_PATTERNS)
+        presence = QueueSpec(
+            addresses.presence_queue(user),
+            "classic",
+            (addresses.PRESENCE_PATTERN,),
+            dead_letter=False,
+            arguments=(("x-message-ttl", PRESENCE_TTL_MS), ("x-expires", 24 * 3600 * 1000)),
+        )
+        rpc = QueueSpec(addresses.server_rpc_queue(user), "exclusive", (addresses.SERVER_RPC,))
+        await broker.consume(ledger, lambda m: self._on_state(user, m))
+        await broker.consume(presence, lambda m: self._on_presence(user, m))
+        await broker.consume(rpc, lambda m: self._on_query(user, broker, m))
+        self.brokers[user] = broker
+        self.log.info("ledger_user_attached", user=user)
+
+    async def _on_state(self, user: str, incoming: Incoming) -> None:
+        try:
+            event = wire.decode(incoming.body)
+            if isinstance(event, LogStored):
+                await self.db.set_log(user, event.job_id, event.key, event.hash)
+                await incoming.ack()
+                return
+            if not isinstance(event, JobStateChanged):
+                raise ProtocolError(f"{type(event).__name__} does not belong on the ledger queue")
+        except DatabaseUnavailable as exc:
+            self.log.warning("ledger_write_deferred", user=user, error=str(exc))
+            await asyncio.sleep(1.0)
+            await incoming.requeue()
+            return
+        except ProtocolError as exc:
+            metrics.LEDGER_EVENTS.labels(result="rejected").inc()
+            metrics.REJECTED.labels(queue="ledger", reason="invalid").inc()
+            self.log.warning("message_rejected", queue="ledger", user=user, detail=str(exc))
+            await incoming.reject()
+            return
+        try:
+            fresh = await self.db.record_state(user, event)
+        except ProtocolError as exc:
+            metrics.LEDGER_EVENTS.labels(result="rejected").inc()
+            self.log.warning("message_rejected", queue="ledger", user=user, detail=str(exc))
+            await incoming.reject()
+            return
+        except DatabaseUnavailable as exc:
+            self.log.warning("ledger_write_deferred", user=user, error=str(exc))
+            await asyncio.sleep(1.0)
+            await incoming.requeue()
+            return
+        metrics.LEDGER_EVENTS.labels(result="recorded" if fresh else "duplicate").inc()
+        await incoming.ack()
+
+    async def _on_presence(self, user: str, incoming: Incoming) -> None:
+        try:
+            beat = wire.decode_as(incoming.body, NodeHeartbeat)
+            await self.db.record_presence(user, beat)
+        except ProtocolError as exc:
+            metrics.REJECTED.labels(queue="presence", reason="invalid").inc()
+            self.log.warning("message_rejected", queue="presence", user=user, detail=str(exc))
+        except DatabaseUnavailable as exc:
+            self.log.warning("presence_not_recorded", user=user, error=str(exc))
+        await incoming.ack()  # a heartbeat is only worth its freshness: never redelivered
+
+    async def _on_query(self, user: str, broker: Broker, incoming: Incoming) -> None:
+        try:
+            await self._query(user, broker, incoming)
+        except Exception as exc:
+            self.log.exception("query_failed", user=user, error=repr(exc))
+            raise
+
+    async def _query(self, user: str, broker: Broker, incoming: Incoming) -> None:
+        reply_to = incoming.reply_to
+        self.log.debug("query_received", user=user, reply_to=reply_to)
+        try:
+            query = wire.decode_as(incoming.body, Query)
+        except ProtocolError as exc:
+            metrics.REJECTED.labels(queue="server.rpc", reason="invalid").inc()
+            await incoming.reject()
+            answer = QueryAnswered(False, error=f"bad query: {exc}")
+        else:
+            await incoming.ack()
+            answer = await self._answer(user, query)
+        self.log.debug("query_answered", user=user, ok=answer.ok, error=answer.error)
+        if reply_to is None or not addresses.valid_reply_key(reply_to):
+            self.log.warning("query_unanswerable", user=user, reply_to=str(reply_to)[:80])
+            return
+        await broker.publish(
+            reply_to,
+            wire.encode(answer),
+            message_id=f"answer:{incoming.message_id}",
+            durable=False,
+            mandatory=False,
+            correlation_id=incoming.correlation_id,
+        )
+
+    async def _answer(self, user: str, query: Query) -> QueryAnswered:
+        try:
+            rows: Any
+            if query.kind == "nodes":
+                rows = [asdict(row) for row in await self.db.nodes(user)]
+            elif query.kind == "job":
+                found = await self.db.job(user, query.job_id)
+                if found is None:
+                    return QueryAnswered(False, error=f"no job {query.job_id} in the ledger")
+                job, history = found
+                rows = [{"job": asdict(job), "history": [asdict(h) for h in history]}]
+            else:
+                jobs = await self.db.jobs(
+                    user, node=query.node, state=query.state, since=query.since, limit=query.limit
+                )
+                rows = [asdict(job) for job in jobs]
+        except DatabaseUnavailable as exc:
+            return QueryAnswered(False, error=f"the ledger database is unavailable: {exc}")
+        body = msgpack.packb(rows, use_bin_type=True, default=_plain)
+        if len(body) > wire.MAX_MESSAGE - 4096:
+            return QueryAnswered(False, error="answer too large: ask with --limit")
+        return QueryAnswered(True, rows=body)
+
+    async def _sweep(self) -> None:
+        now = time.time()
+        cutoff = now - self.server.presence_timeout
+        try:
+            for user, node in await self.db.stale_nodes(cutoff):
+                lost = await self.db.mark_lost(
+                    user, node, now, "its node stopped sending heartbeats", seen_before=cutoff
+                )
+                self.log.warning("node_silent", user=user, node=node, jobs_lost=len(lost))
+            for state, count in (await self.db.statistics()).items():
+                metrics.LEDGER_JOBS.labels(state=state).set(count)
+            for user in self.brokers:
+                online = sum(1 for n in await self.db.nodes(user) if n.online)
+                metrics.NODES_ONLINE.labels(user=user).set(online)
+        except DatabaseUnavailable as exc:
+            self.log.warning("ledger_sweep_failed", error=str(exc))
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, tuple | frozenset | set):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")

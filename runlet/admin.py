@@ -1,0 +1,102 @@
+"""`runlet user add|list|remove`: the server admin's accounts, in PostgreSQL and RabbitMQ at once.
+
+`user add NAME` creates the user in the ledger and a broker account whose permissions cover
+only `runlet.NAME` and `runlet.NAME.*`, then prints a ready config for that user's devices
+(it holds the new broker password: hand it over like a key). Run with the server's config.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from runlet.accounts import Account, BrokerAdmin
+from runlet.config import Config, ServerConfig
+
+if TYPE_CHECKING:
+    from runlet.database import Ledger
+from runlet.errors import ConfigError
+
+
+def _admin(config: Config) -> BrokerAdmin:
+    server = _server(config)
+    password = "guest"  # noqa: S105 - RabbitMQ's development default, documented
+    if server.management_password_file is not None:
+        password = server.management_password_file.read_text().strip()
+    return BrokerAdmin(server.management_url, server.management_user, password)
+
+
+def _server(config: Config) -> ServerConfig:
+    if config.server is None:
+        raise ConfigError(
+            "server",
+            "`runlet user` needs the server's config ([server] section)",
+            source=config.source,
+        )
+    return config.server
+
+
+async def _ledger(config: Config) -> Ledger:
+    from runlet.database import connect
+
+    server = _server(config)
+    dsn = server.database_url
+    if server.database_password_file is not None:
+        parts = urlsplit(dsn)
+        secret = quote(server.database_password_file.read_text().strip())
+        netloc = f"{quote(parts.username or 'postgres')}:{secret}@{parts.hostname}"
+        netloc += f":{parts.port}" if parts.port else ""
+        dsn = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    ledger = await connect(dsn, schema=server.database_schema)
+    await ledger.migrate()
+    return ledger
+
+
+async def add_user(config: Config, name: str, *, rotate: bool = False) -> Account:
+    admin = _admin(config)
+    await admin.check()
+    account = await admin.create(name, rotate=rotate)
+    ledger = await _ledger(config)
+    try:
+        await ledger.add_user(name)
+    finally:
+        await ledger.close()
+    return account
+
+
+async def remove_user(config: Config, name: str) -> bool:
+    admin = _admin(config)
+    await admin.check()
+    removed = await admin.remove(name)
+    ledger = await _ledger(config)
+    try:
+        return await ledger.remove_user(name) or removed
+    finally:
+        await ledger.close()
+
+
+async def list_users(config: Config) -> list[tuple[str, bool]]:
+    """(name, has a broker account) for every user in the ledger or on the broker."""
+    admin = _admin(config)
+    on_broker = set(await admin.list())
+    ledger = await _ledger(config)
+    try:
+        in_ledger = {row.name for row in await ledger.users()}
+    finally:
+        await ledger.close()
+    return [(name, name in on_broker) for name in sorted(in_ledger | on_broker)]
+
+
+def device_config(config: Config, account: Account, node: str = "CHANGE-ME") -> str:
+    """A ready daemon config for the new user's devices."""
+    parts = urlsplit(config.broker.urls[0])
+    host = parts.hostname or "127.0.0.1"
+    port = f":{parts.port}" if parts.port else ""
+    url = f"{parts.scheme}://{quote(account.broker_user)}:{quote(account.password)}@{host}{port}/"
+    return (
+        f"# Runlet config for user {account.name!r}: copy to each device, set node, then\n"
+        "# `runlet -c THIS key init` on one device and `key export | key import` to the others.\n"
+        '# The broker password below is a secret: keep this file mode 600.\nrole = "daemon"\n'
+        f'user = "{account.name}"\nnode = "{node}"\ndata_dir = "/var/lib/runlet"\n\n'
+        f'[broker]\nurls = ["{url}"]\n\n[crypto]\nkey_file = "/etc/runlet/fleet.key"\n'
+    )

@@ -1,0 +1,165 @@
+"""`runlet jobs`, `job` and `nodes`: questions for the server, answered over the broker.
+
+Output is aligned for people, or JSON (`--json`) for scripts. The server answers through the
+user's own exchange; no server running means the question bounces at once (exit 69).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgpack
+
+from runlet import addresses, wire
+from runlet.broker import Broker, Incoming, QueueSpec
+from runlet.config import Config
+from runlet.errors import NoSuchTarget, ProtocolError, RunletError, ServiceError
+from runlet.messages import Query, QueryAnswered
+
+ANSWER_SECONDS = 15.0
+_SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ServerUnavailable(ServiceError):
+    """No server answers this user's questions."""
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """`10m`, `2h`, `1d` ago, an ISO date/time, or unix seconds → unix time; ValueError if bad."""
+    now = time.time() if now is None else now
+    if match := _SINCE.fullmatch(text.strip()):
+        return now - float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"not a time: {text!r} (use 10m, 2h, 1d, an ISO date, or unix seconds)"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+async def ask(config: Config, query: Query) -> list[dict[str, Any]]:
+    """Send one query to the server and wait for its answer rows."""
+    viewer = f"{config.node[:40]}-q{int(time.time() * 1000) % 100000}"
+    reply = addresses.reply_key(viewer, "0" * 32)
+    broker = Broker(config.broker.urls, config.user, name=f"runlet-query-{config.node}")
+    await broker.connect()
+    answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_answer(incoming: Incoming) -> None:
+        await incoming.ack()
+        answers.put_nowait(incoming.body)
+
+    try:
+        name = addresses.job_queue(config.user, "0" * 32, "answers", viewer)
+        await broker.consume(QueueSpec(name, "exclusive", (reply,), dead_letter=False), on_answer)
+        try:
+            await broker.publish(
+                addresses.SERVER_RPC,
+                wire.encode(query),
+                message_id=reply,
+                durable=True,
+                mandatory=True,
+                reply_to=reply,
+            )
+        except NoSuchTarget:
+            raise ServerUnavailable(
+                f"no Runlet server is running for user {config.user!r}"
+            ) from None
+        try:
+            body = await asyncio.wait_for(answers.get(), ANSWER_SECONDS)
+        except TimeoutError:
+            raise ServerUnavailable(
+                f"the server did not answer in {ANSWER_SECONDS:.0f} s"
+            ) from None
+    finally:
+        await broker.close()
+    answer = wire.decode_as(body, QueryAnswered)
+    if not answer.ok:
+        raise RunletError(answer.error or "the server refused the query")
+    rows = msgpack.unpackb(answer.rows, raw=False)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ProtocolError("the server's answer is not a list of rows")
+    return rows
+
+
+def when(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """Columns aligned to their widest cell."""
+    widths = [max(len(str(cell)) for cell in col) for col in zip(header, *rows, strict=False)]
+    lines = [header, *rows]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False)).rstrip()
+        for line in lines
+    )
+
+
+def format_jobs(rows: list[dict[str, Any]]) -> str:
+    body = [
+        [
+            r["job_id"],
+            r.get("node") or "-",
+            r["state"],
+            _status(r),
+            when(r.get("queued_at")),
+            when(r.get("ended_at")),
+        ]
+        for r in rows
+    ]
+    return table(body, ["JOB", "NODE", "STATE", "STATUS", "QUEUED", "ENDED"])
+
+
+def format_job(row: dict[str, Any]) -> str:
+    job, history = row["job"], row["history"]
+    head = [
+        f"job      {job['job_id']}",
+        f"node     {job.get('node') or '-'}",
+        f"target   {job.get('target') or '-'}",
+        f"state    {job['state']} {_status(job)}".rstrip(),
+        f"log      {job.get('log_key') or '-'}",
+    ]
+    steps = [[str(h["seq"]), h["state"], when(h["at"]), h.get("detail") or ""] for h in history]
+    return "\n".join(head) + "\n\n" + table(steps, ["SEQ", "STATE", "AT", "DETAIL"])
+
+
+def format_nodes(rows: list[dict[str, Any]]) -> str:
+    body = [
+        [
+            r["name"],
+            "online" if r.get("online") else "offline",
+            when(r.get("last_seen")),
+            str(r.get("running", 0)),
+            str(r.get("queued", 0)),
+            r.get("platform") or "-",
+            ",".join(r.get("tags") or []),
+        ]
+        for r in rows
+    ]
+    return table(body, ["NODE", "STATUS", "LAST SEEN", "RUNNING", "QUEUED", "PLATFORM", "TAGS"])
+
+
+def as_json(rows: Any) -> str:
+    return json.dumps(rows, indent=2, sort_keys=True, default=str)
+
+
+def _status(row: dict[str, Any]) -> str:
+    if row.get("exit_code") is not None:
+        return f"exit {row['exit_code']}"
+    if row.get("signal") is not None:
+        return f"signal {row['signal']}"
+    return ""
