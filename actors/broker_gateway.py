@@ -19,7 +19,7 @@ from runlet import addresses, metrics, wire
 from runlet.broker import Broker, Handler, Incoming, QueueSpec
 from runlet.errors import BrokerUnavailable, NoSuchTarget, ProtocolError, RunletError
 from runlet.local import CloseJobQueues, Delivered, OpenJobQueues, Publish, Settle
-from runlet.messages import ControlSent, InputSent, ReplayRequested, StartJob
+from runlet.messages import ControlSent, InputSent, Ping, Pong, ReplayRequested, StartJob
 from runlet.runtime import Actor, Context
 
 JOB_QUEUE = "job_queue"
@@ -101,8 +101,12 @@ class BrokerGateway(Actor):
         await self.broker.declare(ledger)
         await self.broker.consume(dispatch, self._handler("dispatch", _route_dispatch))
         await self.broker.consume(any_spec, self._handler("dispatch.any", _route_dispatch))
-        await self.broker.consume(rpc, self._handler("rpc", _route_rpc))
+        await self.broker.consume(rpc, self._rpc_handler)
         self.log.info("broker_ready", url=self.broker.stats.url)
+
+    @property
+    def _rpc_other(self) -> Handler:
+        return self._handler("rpc", _route_rpc)
 
     def _setup_done(self, future: concurrent.futures.Future[None]) -> None:
         exc = future.exception()
@@ -136,6 +140,25 @@ class BrokerGateway(Actor):
                 await incoming.reject()
 
         return on_message
+
+    async def _rpc_handler(self, incoming: Incoming) -> None:
+        """Pings are answered right here on the loop (they measure the path, not the actors)."""
+        try:
+            ping = wire.decode_as(incoming.body, Ping)
+        except ProtocolError:
+            await self._rpc_other(incoming)
+            return
+        await incoming.ack()
+        reply_to = incoming.reply_to
+        if reply_to is None or not addresses.valid_reply_key(reply_to):
+            return
+        pong = wire.encode(Pong(self.node, ping.seq, ping.sent_at))
+        try:
+            await self.broker.publish(
+                reply_to, pong, message_id=f"pong:{ping.seq}", durable=False, mandatory=False
+            )
+        except BrokerUnavailable:
+            return
 
     def _job_handler(self, job_id: str, concern: str) -> Handler:
         def route(msg: object) -> str | None:

@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_queries(sub)
     _add_users(sub)
+    _add_ping(sub)
 
     check = sub.add_parser("check-config", help="validate a config file and print what it sets")
     check.add_argument("file")
@@ -171,6 +172,22 @@ def _add_users(sub: Any) -> None:
     remove = user_sub.add_parser("remove", help="delete a user's broker account and resources")
     remove.add_argument("name")
     remove.set_defaults(func=cmd_user_remove)
+
+
+def _add_ping(sub: Any) -> None:
+    ping = sub.add_parser(
+        "ping",
+        help="round-trip latency to a node's daemon through the broker, like ping",
+        description="Each probe goes client → broker → daemon → broker → client. With --pty, "
+        "each probe is a keystroke typed into `cat` in a PTY on the node, timed to its echo.",
+    )
+    ping.add_argument("node")
+    ping.add_argument("--pty", action="store_true", help="time keystroke echoes through a PTY")
+    ping.add_argument("-c", "--count", type=int, default=10, help="probes to send (default 10)")
+    ping.add_argument("-i", "--interval", type=float, default=0.2, help="seconds between probes")
+    ping.add_argument("-W", "--timeout", type=_positive, default=2.0, help="seconds per probe")
+    ping.add_argument("--json", action="store_true", help="print a JSON summary only")
+    ping.set_defaults(func=cmd_ping)
 
 
 def _add_key(sub: Any) -> None:
@@ -373,6 +390,53 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
     removed = asyncio.run(admin.remove_user(_config(args), _user_name(args.name)))
     print(f"user {args.name} {'removed' if removed else 'was not there'}")
     return 0 if removed else 68
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    from runlet import ping
+    from runlet.addresses import valid_name
+    from runlet.client import Client
+
+    if not valid_name(args.node) or not 1 <= args.count <= 100_000 or not 0 <= args.interval <= 60:
+        print(
+            "runlet ping: need a node name, 1 <= --count <= 100000, 0 <= --interval <= 60",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    config = _config(args)
+
+    def report(seq: int, elapsed: float | None) -> None:
+        if not args.json:
+            shown = "timeout" if elapsed is None else f"time={elapsed * 1000:.3f} ms"
+            print(
+                f"{'pty echo' if args.pty else 'pong'} from {args.node}: seq={seq} {shown}",
+                flush=True,
+            )
+
+    async def go() -> ping.PingStats:
+        async with Client(config, _fleet_key(config)) as client:
+            probe = ping.ping_pty if args.pty else ping.ping_daemon
+            return await probe(
+                client,
+                args.node,
+                count=args.count,
+                interval=args.interval,
+                timeout=args.timeout,
+                report=report,
+            )
+
+    stats = asyncio.run(go())
+    summary = stats.summary()
+    if args.json:
+        print(json.dumps(ping.as_dict(stats)))
+    else:
+        print(f"--- {args.node} {'pty echo' if args.pty else 'ping'} statistics ---")
+        print(
+            f"{summary['sent']} sent, {summary['received']} received, "
+            f"{summary['loss']:.1%} loss; min/median/p99/max = {summary['min_ms']}/"
+            f"{summary['median_ms']}/{summary['p99_ms']}/{summary['max_ms']} ms"
+        )
+    return 0 if stats.received else 1
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -291,3 +291,29 @@ class LogStored:
             raise ValueError("log key must be an .rlog object key")
         if len(self.hash) != 64 or any(c not in "0123456789abcdef" for c in self.hash):
             raise ValueError("log hash must be 64 hex digits")
+
+
+@message("ping")
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A latency probe for a node's daemon; answered at once with a Pong."""
+
+    seq: int
+    sent_at: float
+
+    def __post_init__(self) -> None:
+        _seq(self.seq)
+
+
+@message("pong")
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """A daemon's answer to a Ping, echoing its seq and send time."""
+
+    node: str
+    seq: int
+    sent_at: float
+
+    def __post_init__(self) -> None:
+        _name("node", self.node)
+        _seq(self.seq)
