@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Bring up (or report on) the services Runlet's tests and demo need on a Debian 12 machine:
-#   RabbitMQ   127.0.0.1:5672  guest/guest, plus the management plugin (127.0.0.1:15672)
+#   RabbitMQ   127.0.0.1:5672  guest/guest, plus the management plugin (127.0.0.1:15672) and
+#              the Prometheus plugin (127.0.0.1:15692, what deploy/prometheus scrapes)
 #   PostgreSQL 127.0.0.1:5432  trust auth (user postgres, no password)
 #
 #   scripts/services.sh up      install what is missing, start what is stopped, check it answers
@@ -21,6 +22,7 @@ export DEBIAN_FRONTEND=noninteractive
 readonly HOST=127.0.0.1
 readonly AMQP_PORT=5672
 readonly MGMT_PORT=15672
+readonly PROM_PORT=15692
 readonly PG_PORT=5432
 readonly TIMEOUT="${RUNLET_SERVICES_TIMEOUT:-120}"
 
@@ -37,8 +39,9 @@ usage() {
     cat <<'EOF'
 usage: scripts/services.sh up|status
 
-  up      ensure RabbitMQ (127.0.0.1:5672, management plugin on) and PostgreSQL (127.0.0.1:5432)
-          are installed, running and reachable; never stops or restarts a running service
+  up      ensure RabbitMQ (127.0.0.1:5672, management and Prometheus plugins on) and PostgreSQL
+          (127.0.0.1:5432) are installed, running and reachable; never stops or restarts a
+          running service
   status  print the state of both; exit 0 when both are reachable, 1 otherwise
 EOF
 }
@@ -161,39 +164,58 @@ wait_rabbitmq() {
     fi
 }
 
-# Enables the management plugin on the running node (an online change: no restart).
-# A failure here is a warning, not an error: RabbitMQ itself is up and the tests need only AMQP.
-ensure_rabbit_management() {
+# enable_rabbit_plugin ENABLED NAME LABEL CONSEQUENCE: enables plugin NAME unless ENABLED (the
+# output of `rabbitmq-plugins list -e -m`) lists it. Returns 1, after a warning that says
+# CONSEQUENCE, when enabling fails.
+enable_rabbit_plugin() {
+    local enabled=$1 name=$2 label=$3 consequence=$4
+    if grep -qx "$name" <<<"$enabled"; then
+        log "RabbitMQ: $label plugin already enabled"
+        return 0
+    fi
+    log "RabbitMQ: enabling the $label plugin: rabbitmq-plugins enable $name"
+    if ! timeout 120 rabbitmq-plugins enable "$name"; then
+        warn "RabbitMQ: enabling the $label plugin failed; AMQP is unaffected, but $consequence"
+        return 1
+    fi
+}
+
+# Enables the management and Prometheus plugins on the running node (online changes: no
+# restart). A failure here is a warning, not an error: RabbitMQ itself is up and the tests need
+# only AMQP.
+ensure_rabbit_plugins() {
     if ! command -v rabbitmq-plugins >/dev/null 2>&1; then
-        warn "RabbitMQ: rabbitmq-plugins not found; cannot check the management plugin"
+        warn "RabbitMQ: rabbitmq-plugins not found; cannot check the management and Prometheus" \
+            "plugins"
         return 0
     fi
     if [[ $EUID -ne 0 ]]; then
-        warn "RabbitMQ: not root, so the management plugin is not checked (the CLI needs the" \
-            "node's Erlang cookie); run 'scripts/services.sh up' as root to enable it"
+        warn "RabbitMQ: not root, so the management and Prometheus plugins are not checked" \
+            "(the CLI needs the node's Erlang cookie); run 'scripts/services.sh up' as root to" \
+            "enable them"
         return 0
     fi
     local enabled
     if ! enabled=$(timeout 60 rabbitmq-plugins -q list -e -m 2>&1); then
-        warn "RabbitMQ: 'rabbitmq-plugins list -e' failed, management plugin left as it is:" \
+        warn "RabbitMQ: 'rabbitmq-plugins list -e' failed, plugins left as they are:" \
             "$(tail -n 3 <<<"$enabled")"
         return 0
     fi
-    if grep -qx 'rabbitmq_management' <<<"$enabled"; then
-        log "RabbitMQ: management plugin already enabled"
-    else
-        log "RabbitMQ: enabling the management plugin: rabbitmq-plugins enable rabbitmq_management"
-        if ! timeout 120 rabbitmq-plugins enable rabbitmq_management; then
-            warn "RabbitMQ: enabling the management plugin failed; AMQP is unaffected, but anything" \
-                "that needs the management API (http://$HOST:$MGMT_PORT) will not work"
-            return 0
-        fi
-    fi
+    local mgmt_ok=0 prom_ok=0
+    enable_rabbit_plugin "$enabled" rabbitmq_management management \
+        "anything that needs the management API (http://$HOST:$MGMT_PORT) will not work" \
+        && mgmt_ok=1
+    enable_rabbit_plugin "$enabled" rabbitmq_prometheus Prometheus \
+        "RabbitMQ's own metrics (http://$HOST:$PROM_PORT/metrics) will not be served" \
+        && prom_ok=1
     tcp_open "$AMQP_PORT" \
         || die "RabbitMQ: $HOST:$AMQP_PORT stopped answering after the plugin change; see the log" \
             "in /var/log/rabbitmq"
-    if ! wait_for "RabbitMQ management" "$MGMT_PORT" 30; then
+    if ((mgmt_ok)) && ! wait_for "RabbitMQ management" "$MGMT_PORT" 30; then
         warn "RabbitMQ: the management plugin is enabled but $HOST:$MGMT_PORT does not answer"
+    fi
+    if ((prom_ok)) && ! wait_for "RabbitMQ Prometheus" "$PROM_PORT" 30; then
+        warn "RabbitMQ: the Prometheus plugin is enabled but $HOST:$PROM_PORT does not answer"
     fi
 }
 
@@ -292,7 +314,7 @@ cmd_up() {
     start_rabbitmq
     start_postgres
     wait_rabbitmq
-    ensure_rabbit_management
+    ensure_rabbit_plugins
     ensure_pg_trust
     log "up: RabbitMQ on $HOST:$AMQP_PORT and PostgreSQL on $HOST:$PG_PORT are reachable"
 }
@@ -329,19 +351,31 @@ cmd_status() {
     fi
     if ! command -v rabbitmq-plugins >/dev/null 2>&1; then
         row "management plugin" "unknown (no rabbitmq-plugins)"
+        row "Prometheus plugin" "unknown (no rabbitmq-plugins)"
     elif enabled=$(timeout 60 rabbitmq-plugins -q list -e -m 2>/dev/null); then
         if grep -qx 'rabbitmq_management' <<<"$enabled"; then
             row "management plugin" "enabled"
         else
             row "management plugin" "not enabled"
         fi
+        if grep -qx 'rabbitmq_prometheus' <<<"$enabled"; then
+            row "Prometheus plugin" "enabled"
+        else
+            row "Prometheus plugin" "not enabled"
+        fi
     else
         row "management plugin" "unknown (rabbitmq-plugins failed)"
+        row "Prometheus plugin" "unknown (rabbitmq-plugins failed)"
     fi
     if tcp_open "$MGMT_PORT"; then
         row "HTTP $HOST:$MGMT_PORT" "reachable"
     else
         row "HTTP $HOST:$MGMT_PORT" "not reachable"
+    fi
+    if tcp_open "$PROM_PORT"; then
+        row "HTTP $HOST:$PROM_PORT" "reachable"
+    else
+        row "HTTP $HOST:$PROM_PORT" "not reachable"
     fi
 
     echo "PostgreSQL"
