@@ -62,6 +62,7 @@ class JobQueue(Actor):
         self.session_factory = ctx.services["session_factory"]
         self.journal_path = settings.data_dir / "journal.sqlite3"
         self.journal: Journal | None = None
+        self.starting: set[str] = set()  # sessions asked for and not yet reported
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -108,12 +109,15 @@ class JobQueue(Actor):
             case SlotGranted(job_id=job_id):
                 self._start(job_id)
             case SessionStarted(job_id=job_id):
+                self.starting.discard(job_id)
                 self._running(job_id)
             case SessionEnded():
+                self.starting.discard(message.job_id)
                 self._ended(message)
             case ("heartbeat",):
                 self._heartbeat()
             case ChildDied(name=name, error=error) if name.startswith("pty:"):
+                self.starting.discard(name.removeprefix("pty:"))
                 self._session_crashed(name.removeprefix("pty:"), error)
             case _:
                 self.unexpected(message)
@@ -161,8 +165,8 @@ class JobQueue(Actor):
 
     def _start(self, job_id: str) -> None:
         entry = self._journal.get(job_id)
-        if self.ctx.router.has(f"pty:{job_id}"):
-            return  # a repeated grant: its session exists already
+        if job_id in self.starting or self.ctx.router.has(f"pty:{job_id}"):
+            return  # a repeated grant: its session exists already, or is being made
         if entry is None or entry.state != "queued":
             self.ctx.router.tell(GOVERNOR, ReleaseSlot(job_id))
             return
@@ -171,6 +175,7 @@ class JobQueue(Actor):
             self._finish(job_id, "expired", detail="its deadline passed while it waited")
             return
         name = f"pty:{job_id}"
+        self.starting.add(job_id)
         factory = self.session_factory
         supervise(
             self.ctx,
@@ -210,7 +215,8 @@ class JobQueue(Actor):
         sig = status.signal if status else None
         if code is not None and not 0 <= code <= 255:  # Windows codes such as 0xC000013A
             details = f"exit code {code:#x}"
-            ended = SessionEnded(ended.job_id, ended.how, status, ended.detail or details)
+            joined = f"{ended.detail}; {details}" if ended.detail else details
+            ended = SessionEnded(ended.job_id, ended.how, status, joined)
             code = 255
         if sig is not None and not 1 <= sig <= 127:
             sig = 127

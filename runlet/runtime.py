@@ -48,22 +48,25 @@ class Router:
         self._refs: dict[str, pykka.ActorRef[Any]] = {}
         self._held: dict[str, list[object]] = defaultdict(list)
         self._restarting: set[str] = set()
+        self._dead: dict[str, pykka.ActorRef[Any]] = {}  # found dead: crashed, or stopping
 
     def register(self, name: str, ref: pykka.ActorRef[Any]) -> None:
         """Make `ref` the receiver for `name` and hand it what was held, in order."""
         with self._lock:
             self._refs[name] = ref
             self._restarting.discard(name)
+            self._dead.pop(name, None)
             for message in self._held.pop(name, []):
                 self._deliver(name, ref, message)
 
     def unregister(self, name: str, ref: pykka.ActorRef[Any] | None = None) -> None:
         """Forget `name` (only if it is still `ref`) and drop anything held for it."""
         with self._lock:
-            if ref is None or self._refs.get(name) is ref:
+            if ref is None or self._refs.get(name) is ref or self._dead.get(name) is ref:
                 self._refs.pop(name, None)
                 self._restarting.discard(name)
                 self._held.pop(name, None)
+                self._dead.pop(name, None)
 
     def restarting(self, name: str, ref: pykka.ActorRef[Any] | None = None) -> None:
         """Hold messages for `name` until its next instance registers."""
@@ -91,8 +94,10 @@ class Router:
         try:
             ref.tell(message)
         except pykka.ActorDeadError:
-            # it died and has not told its supervisor yet: hold for its next instance
+            # it died (and has not told its supervisor yet) or is stopping (and has not
+            # unregistered yet): hold for a next instance; `unregister(name, ref)` still works
             self._refs.pop(name, None)
+            self._dead[name] = ref
             self._restarting.add(name)
             self._held[name].append(message)
         return True
@@ -250,6 +255,7 @@ class Supervisor(pykka.ThreadingActor):
         metrics.ACTOR_RESTARTS.labels(actor=name.split(":", maxsplit=1)[0]).inc()
         if not child.permanent:
             self._children.pop(name, None)
+            self.ctx.router.unregister(name)  # not restarted: nothing may wait for it
             if child.notify:
                 self.ctx.router.tell(child.notify, ChildDied(name, error))
             return

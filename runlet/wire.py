@@ -185,7 +185,7 @@ def _check_str(where: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ProtocolError(f"{where}: expected text, got {type(value).__name__}")
     try:
-        size = len(value.encode("utf-8")) if len(value) * 4 > MAX_STR else 0
+        size = len(value) if value.isascii() else len(value.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise ProtocolError(f"{where}: text is not valid Unicode (lone surrogate)") from exc
     if size > MAX_STR:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -88,6 +88,23 @@ class Inbox:
         return self.of(cls)
 
 
+class _Barrier:
+    """Asked of a fake, it returns once the fake handled everything told to it before."""
+
+
+BARRIER = _Barrier()
+
+
+def sync(*refs: pykka.ActorRef[Any]) -> None:
+    """Return once each fake recorded every message sent to it before this call.
+
+    A fake that has stopped is skipped: it handled its whole mailbox before it stopped.
+    """
+    for ref in refs:
+        with suppress(pykka.ActorDeadError):
+            ref.ask(BARRIER, timeout=DEADLINE)
+
+
 class FakeActor(pykka.ThreadingActor):
     """Records every message into `inbox`; `react(message)` runs first, in the actor's thread."""
 
@@ -99,6 +116,8 @@ class FakeActor(pykka.ThreadingActor):
         self.react = react
 
     def on_receive(self, message: Any) -> Any:
+        if message is BARRIER:
+            return None
         if self.react is not None:
             self.react(message)
         self.inbox.put(message)
@@ -117,6 +136,7 @@ class JobSettings:
 class BrokerSettings:
     urls: tuple[str, ...] = ("amqp://guest:guest@127.0.0.1:1/",)
     heartbeat: int = 5
+    presence_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -217,7 +237,8 @@ class FakeSession(pykka.ThreadingActor):
         self.inbox = inbox
 
     def on_receive(self, message: Any) -> Any:
-        self.inbox.put(message)
+        if message is not BARRIER:
+            self.inbox.put(message)
         return None
 
     def on_stop(self) -> None:  # as PtySession does
@@ -245,6 +266,10 @@ class Sessions:
             self.inboxes[start.job_id] = inbox
             self._cond.notify_all()
         return ref
+
+    def all_refs(self) -> list[pykka.ActorRef[Any]]:
+        with self._cond:
+            return list(self.refs.values())
 
     def started_ids(self) -> list[str]:
         with self._cond:

@@ -3,15 +3,13 @@ escapes of `runlet send` (runlet.commands.unescape)."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 
 from runlet.client import Reassembler, exit_status, target_of
 from runlet.commands import unescape
 from runlet.crypto import FleetKey, Kind
 from runlet.errors import ProtocolError
-from runlet.logfile import seal_output
+from runlet.logfile import FLAG_FINAL, seal_output
 from runlet.messages import STATES, JobStateChanged, OutputChunk
 
 JOB = "0123456789abcdef0123456789abcdef"
@@ -105,12 +103,14 @@ def test_final_waits_for_the_gap() -> None:
 
 
 def test_chunk_with_wrong_key_counted_and_hidden() -> None:
-    """A chunk sealed with another fleet key is counted as bad and its bytes never shown."""
+    """A chunk sealed with another fleet key is counted as bad, never shown, and frees its seq."""
     r = Reassembler(FLEET, JOB)
-    ready = r.feed(chunk(0, b"forged text", fleet=STRANGER))
-    assert b"".join(ready) == b""
+    assert r.feed(chunk(0, b"forged text", fleet=STRANGER)) == []
     assert r.bad_chunks == 1
-    assert r.feed(chunk(1, b"b")) == [b"b"]
+    assert r.next_seq == 0
+    assert r.pending == {}
+    assert r.feed(chunk(1, b"b")) == []
+    assert r.feed(chunk(0, b"a")) == [b"a", b"b"]
     assert r.bad_chunks == 1
 
 
@@ -118,9 +118,9 @@ def test_chunk_of_another_job_counted_and_hidden() -> None:
     """A chunk moved from another job of the same fleet does not authenticate."""
     r = Reassembler(FLEET, JOB)
     other = "f" * 32
-    ready = r.feed(chunk(0, b"other job", job=other))
-    assert b"other job" not in b"".join(ready)
+    assert r.feed(chunk(0, b"other job", job=other)) == []
     assert r.bad_chunks == 1
+    assert r.feed(chunk(0, b"mine")) == [b"mine"]
 
 
 def test_chunk_moved_to_another_seq_counted_and_hidden() -> None:
@@ -128,19 +128,21 @@ def test_chunk_moved_to_another_seq_counted_and_hidden() -> None:
     r = Reassembler(FLEET, JOB)
     assert r.feed(chunk(0, b"a")) == [b"a"]
     moved = chunk(0, b"again")
-    ready = r.feed(OutputChunk(JOB, 1, moved.flags, moved.sealed))
-    assert b"again" not in b"".join(ready)
+    assert r.feed(OutputChunk(JOB, 1, moved.flags, moved.sealed)) == []
     assert r.bad_chunks == 1
+    assert r.next_seq == 1
+    assert r.feed(chunk(1, b"b")) == [b"b"]
 
 
 def test_stripped_final_flag_counted() -> None:
     """Removing the FINAL flag from a chunk makes it fail (flags are authenticated)."""
     r = Reassembler(FLEET, JOB)
     final = chunk(0, b"end", final=True)
-    ready = r.feed(OutputChunk(JOB, 0, 0, final.sealed))
-    assert b"end" not in b"".join(ready)
+    assert r.feed(OutputChunk(JOB, 0, 0, final.sealed)) == []
     assert r.bad_chunks == 1
     assert not r.finished
+    assert r.feed(final) == [b"end"]
+    assert r.finished
 
 
 def test_gap_age(clock: FakeClock) -> None:
@@ -171,6 +173,36 @@ def test_start_offset() -> None:
     assert r.next_seq == 7
 
 
+def test_pending_holds_opened_plaintext() -> None:
+    """A held chunk is kept already opened, as its plaintext and whether it is final."""
+    r = Reassembler(FLEET, JOB)
+    assert r.feed(chunk(2, b"end", final=True)) == []
+    assert r.feed(chunk(1, b"b")) == []
+    assert r.pending == {1: (b"b", False), 2: (b"end", True)}
+    assert r.feed(chunk(0, b"a")) == [b"a", b"b", b"end"]
+    assert r.pending == {}
+    assert r.finished
+
+
+def test_forged_chunk_ahead_opens_no_gap(clock: FakeClock) -> None:
+    """A forged chunk beyond the next seq is not held, so no gap is reported for it."""
+    r = Reassembler(FLEET, JOB)
+    assert r.feed(chunk(5, b"forged", fleet=STRANGER)) == []
+    clock.now += 10.0
+    assert r.gap_age() == 0.0
+    assert r.pending == {}
+    assert r.bad_chunks == 1
+
+
+def test_every_forgery_is_counted() -> None:
+    """Each chunk that fails to open is counted, even several at the same seq."""
+    r = Reassembler(FLEET, JOB)
+    for _ in range(3):
+        assert r.feed(chunk(0, b"forged", fleet=STRANGER)) == []
+    assert r.bad_chunks == 3
+    assert r.feed(chunk(0, b"a")) == [b"a"]
+
+
 def test_empty_chunk() -> None:
     """A chunk of zero bytes is valid and advances the stream."""
     r = Reassembler(FLEET, JOB)
@@ -192,10 +224,13 @@ def _event(state: str, exit_code: int | None = None, signal: int | None = None) 
         ("exited", 0, None, 0),
         ("exited", 3, None, 3),
         ("exited", 255, None, 255),
-        ("exited", None, None, 0),
+        ("exited", None, None, 1),
+        ("exited", None, 9, 1),
         ("killed", None, 9, 137),
         ("killed", None, 15, 143),
         ("killed", None, 1, 129),
+        ("killed", None, 127, 255),
+        ("killed", None, None, 1),
         ("cancelled", None, 15, 143),
         ("cancelled", None, 9, 137),
         ("cancelled", None, None, 130),
@@ -325,77 +360,117 @@ def test_unescape_size_counts_bytes_not_characters() -> None:
         unescape("é" * 30_001)
 
 
-# --- known bugs: strict xfails, so a fix turns them into failures to un-mark -------------------
+# --- forged and malformed chunks -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG client.py:272: FINAL is taken from the unauthenticated flags even when the "
-    "chunk failed to open, so a forged chunk ends the stream",
-)
 def test_forged_final_does_not_finish() -> None:
     """A chunk that does not authenticate cannot mark the stream finished."""
     r = Reassembler(FLEET, JOB)
-    r.feed(chunk(0, b"x", final=True, fleet=STRANGER))
+    assert r.feed(chunk(0, b"x", final=True, fleet=STRANGER)) == []
     assert r.bad_chunks == 1
     assert not r.finished
+    assert r.feed(chunk(0, b"real", final=True)) == [b"real"]
+    assert r.finished
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG client.py:259-271: a chunk that fails to open still uses up its seq (and "
-    "blocks it while pending), so the genuine chunk arriving later is dropped as a duplicate",
-)
 @pytest.mark.parametrize("forged_seq", [0, 1])
 def test_forged_chunk_does_not_shadow_genuine(forged_seq: int) -> None:
     """A forged chunk arriving first does not stop the genuine one from being shown."""
     r = Reassembler(FLEET, JOB)
-    r.feed(chunk(forged_seq, b"forged", fleet=STRANGER))
+    assert r.feed(chunk(forged_seq, b"forged", fleet=STRANGER)) == []
     shown = r.feed(chunk(1, b"one")) + r.feed(chunk(0, b"zero"))
     assert b"".join(shown) == b"zeroone"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=ProtocolError,
-    reason="BUG client.py:266-267: open_output's ProtocolError (plaintext under 8 bytes) is "
-    "not caught: feed raises after popping the chunk, and the stream is stuck at that seq",
-)
-def test_authentic_chunk_without_timestamp() -> None:
-    """A well-sealed chunk too short to hold a timestamp is counted bad and skipped."""
-    r = Reassembler(FLEET, JOB)
-    sealed = FLEET.job_key(JOB).seal(Kind.OUTPUT, 0, b"abc")
-    assert r.feed(OutputChunk(JOB, 0, 0, sealed)) == [b""]
     assert r.bad_chunks == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG client.py:75,77: exit_code and signal are not bounded (neither by the message "
-    "nor here); a process status is taken mod 256, so exit_code 256 or signal -128 "
-    "makes a failed job exit 0",
-)
+@pytest.mark.parametrize("final", [False, True])
+def test_authentic_chunk_without_timestamp(final: bool) -> None:
+    """A well-sealed chunk too short to hold a timestamp is counted bad and frees its seq."""
+    r = Reassembler(FLEET, JOB)
+    flags = FLAG_FINAL if final else 0
+    sealed = FLEET.job_key(JOB).seal(Kind.OUTPUT, 0, b"abc", flags=flags)
+    assert r.feed(OutputChunk(JOB, 0, flags, sealed)) == []
+    assert r.bad_chunks == 1
+    assert r.next_seq == 0
+    assert not r.finished
+    assert r.feed(chunk(0, b"a")) == [b"a"]
+
+
+def test_authentic_chunk_of_just_a_timestamp() -> None:
+    """A well-sealed chunk of exactly 8 bytes is an empty piece of output."""
+    r = Reassembler(FLEET, JOB)
+    sealed = FLEET.job_key(JOB).seal(Kind.OUTPUT, 0, bytes(8))
+    assert r.feed(OutputChunk(JOB, 0, 0, sealed)) == [b""]
+    assert r.bad_chunks == 0
+
+
+# --- exit statuses at the message bounds -------------------------------------------------------
+
+
 @pytest.mark.parametrize(
     ("state", "exit_code", "signal"),
-    [("exited", 256, None), ("killed", None, -128), ("cancelled", None, 2**40)],
+    [
+        ("exited", 256, None),
+        ("exited", -1, None),
+        ("killed", None, -128),
+        ("killed", None, 0),
+        ("killed", None, 128),
+        ("cancelled", None, 2**40),
+    ],
+)
+def test_out_of_range_status_is_refused_by_the_message(
+    state: str, exit_code: int | None, signal: int | None
+) -> None:
+    """Exit codes outside 0..255 and signals outside 1..127 never reach exit_status."""
+    with pytest.raises(ValueError, match="out of range"):
+        _event(state, exit_code, signal)
+
+
+@pytest.mark.parametrize(
+    ("state", "exit_code", "signal"),
+    [
+        ("exited", 1, None),
+        ("exited", 255, None),
+        ("exited", None, None),
+        ("killed", None, 1),
+        ("killed", None, 127),
+        ("killed", None, None),
+        ("cancelled", None, 1),
+        ("cancelled", None, 127),
+    ],
 )
 def test_exit_status_fits_a_process_status(
     state: str, exit_code: int | None, signal: int | None
 ) -> None:
-    """Whatever a daemon reports, a failed job's status is 1..255, never 0 after truncation."""
+    """At the bounds a message allows, a failed job's status is 1..255, never 0."""
     assert 1 <= exit_status(_event(state, exit_code, signal)) <= 255
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="BUG commands.py:210: `ch.encode()` fails on surrogates, which is how Python "
-    "decodes non-UTF-8 bytes in argv (runlet send ID $'\\xff' ends in a traceback)",
+# --- unescape of argv bytes that are not UTF-8 ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "data"),
+    [
+        ("\udcff", b"\xff"),
+        ("\udc80", b"\x80"),
+        ("a\udcc3(b", b"a\xc3(b"),
+        ("\udcff\\r", b"\xff\r"),
+    ],
 )
-def test_unescape_undecodable_argv_byte() -> None:
-    """A surrogate-escaped argv byte is sent as that byte (or refused as ProtocolError)."""
-    with contextlib.suppress(ProtocolError):
-        assert unescape("\udcff") == b"\xff"
+def test_unescape_undecodable_argv_byte(text: str, data: bytes) -> None:
+    """A surrogate-escaped argv byte is sent as that very byte."""
+    assert unescape(text) == data
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b"caf\xe9", b"\xed\xa0\x80", bytes(range(128, 256))])
+def test_unescape_round_trips_argv_bytes(raw: bytes) -> None:
+    """Whatever bytes the shell passed as argv, decoded the way Python does, are sent unchanged."""
+    assert unescape(raw.decode("utf-8", "surrogateescape")) == raw
+
+
+@pytest.mark.parametrize("text", [chr(0xD800), chr(0xDC00), "x" + chr(0xDFFF)], ids=ascii)
+def test_unescape_lone_surrogate(text: str) -> None:
+    """A lone surrogate that stands for no byte is refused as a ProtocolError."""
+    with pytest.raises(ProtocolError, match=f"invalid character at position {len(text) - 1}"):
+        unescape(text)

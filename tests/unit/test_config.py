@@ -144,7 +144,7 @@ def test_full_file_sets_every_key() -> None:
         7.5,
     )
     assert isinstance(config.jobs.grace_seconds, float)
-    assert config.crypto.key_file == Path("/etc/runlet/alice.key")
+    assert config.key_file == Path("/etc/runlet/alice.key")
     assert config.log == LogConfig(level="debug", format="json")
 
 
@@ -235,14 +235,14 @@ def test_relative_paths_resolve_against_base_dir() -> None:
     """Relative data_dir and key_file are joined to the config file's folder."""
     config = parse(render({"data_dir": '"state"', "crypto.key_file": '"../keys/k"'}))
     assert config.data_dir == BASE_DIR / "state"
-    assert config.crypto.key_file == BASE_DIR / "../keys/k"
+    assert config.key_file == BASE_DIR / "../keys/k"
 
 
 def test_absolute_and_home_paths_are_kept(tmp_path: Path) -> None:
     """Absolute paths stay as written and ~ means the home folder."""
     config = parse(render({"data_dir": '"/var/lib/runlet"', "crypto.key_file": '"~/k"'}))
     assert config.data_dir == Path("/var/lib/runlet")
-    assert config.crypto.key_file == tmp_path / "home" / "k"
+    assert config.key_file == tmp_path / "home" / "k"
 
 
 def test_load_resolves_against_the_files_folder(
@@ -253,7 +253,7 @@ def test_load_resolves_against_the_files_folder(
     (tmp_path / "etc" / "runlet.toml").write_text(MINIMAL)
     monkeypatch.chdir(tmp_path)
     config = load_config("etc/runlet.toml", env={})
-    assert config.crypto.key_file == tmp_path / "etc" / "keys" / "node.key"
+    assert config.key_file == tmp_path / "etc" / "keys" / "node.key"
     assert config.source == os.path.join("etc", "runlet.toml")
 
 
@@ -334,7 +334,7 @@ def test_env_supplies_a_required_key() -> None:
     """A required key missing from the file may come from the environment."""
     text = render({"crypto.key_file": None})
     config = parse(text, {"RUNLET_CRYPTO__KEY_FILE": "/k"})
-    assert config.crypto.key_file == Path("/k")
+    assert config.key_file == Path("/k")
 
 
 def test_env_unknown_key_is_an_error() -> None:
@@ -1041,7 +1041,7 @@ def test_daemon_example_values() -> None:
     """The daemon example sets the node, data folder and key file it shows."""
     config = load_config(EXAMPLES / "daemon.toml", env={})
     assert (config.node, config.data_dir) == ("edge-1", Path("/var/lib/runlet"))
-    assert config.crypto.key_file == Path("/etc/runlet/node.key")
+    assert config.key_file == Path("/etc/runlet/node.key")
 
 
 def documented_keys(text: str) -> set[str]:

@@ -14,7 +14,7 @@ import actors.governor as governor_module
 from actors.governor import Governor
 from runlet.local import AdmissionTick, ReleaseSlot, RequestSlot, SlotGranted
 from runlet.runtime import Context
-from tests.unit.fakes import DEADLINE, Inbox, add_fake, running_context
+from tests.unit.fakes import DEADLINE, Inbox, add_fake, running_context, sync
 
 JOBS = [f"job{n}" for n in range(6)]
 
@@ -46,7 +46,7 @@ class LoadedGovernor(Governor):
 class Harness:
     def __init__(self, ctx: Context, load: FakeLoad | None = None) -> None:
         self.ctx = ctx
-        self.queue, _ = add_fake(ctx, "job_queue")
+        self.queue, self.queue_ref = add_fake(ctx, "job_queue")
         self.load = load or FakeLoad()
         self.ref: pykka.ActorRef[Any] = LoadedGovernor.start(ctx, self.load)
         ctx.router.register("governor", self.ref)
@@ -60,6 +60,7 @@ class Harness:
         # A read through the mailbox: it returns after everything told before was handled,
         # without running any of the governor's own cases.
         self.ref.proxy().max_parallel.get(timeout=DEADLINE)
+        sync(self.queue_ref)  # and the fake job queue recorded the grants
         return [g.job_id for g in self.queue.of(SlotGranted)]
 
 
@@ -105,15 +106,26 @@ def test_releasing_a_waiting_job_takes_it_out_of_line(two_slots: Harness) -> Non
     assert two_slots.settled() == [JOBS[0], JOBS[1], JOBS[3]]
 
 
-def test_a_duplicate_request_is_ignored(two_slots: Harness) -> None:
-    """Asking twice for the same job neither grants it twice nor queues it twice."""
-    two_slots.tell(RequestSlot("a"), RequestSlot("a"), RequestSlot("b"), RequestSlot("c"))
-    two_slots.tell(RequestSlot("c"), RequestSlot("a"))
+def test_a_duplicate_request_for_a_waiting_job_is_ignored(two_slots: Harness) -> None:
+    """Asking twice for a job still in line neither queues it twice nor grants it twice."""
+    two_slots.tell(RequestSlot("a"), RequestSlot("b"), RequestSlot("c"), RequestSlot("c"))
     assert two_slots.settled() == ["a", "b"]
     two_slots.tell(ReleaseSlot("a"))
     assert two_slots.settled() == ["a", "b", "c"]
     two_slots.tell(ReleaseSlot("b"))
     assert two_slots.settled() == ["a", "b", "c"]  # "c" was in line once, not twice
+
+
+def test_a_request_for_a_running_job_repeats_its_grant(two_slots: Harness) -> None:
+    """A grant lost with a crashed job queue is sent again, without taking another slot."""
+    two_slots.tell(RequestSlot("a"), RequestSlot("b"), RequestSlot("c"))
+    assert two_slots.settled() == ["a", "b"]
+    two_slots.tell(RequestSlot("a"))  # the restarted job queue asks again for its queued "a"
+    assert two_slots.settled() == ["a", "b", "a"]
+    two_slots.tell(ReleaseSlot("b"))
+    assert two_slots.settled() == ["a", "b", "a", "c"]  # "a" still holds just one slot
+    two_slots.tell(ReleaseSlot("a"), RequestSlot("d"))
+    assert two_slots.settled() == ["a", "b", "a", "c", "d"]
 
 
 def test_releasing_an_unknown_job_changes_nothing(two_slots: Harness) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -45,6 +46,7 @@ from tests.unit.fakes import (
     TrappedKey,
     add_fake,
     running_context,
+    sync,
     wait_for,
 )
 
@@ -63,8 +65,8 @@ class Node:
         ctx.services.update(fleet_key=self.trapped, session_factory=self.sessions)
         self.journal_path: Path = ctx.settings.data_dir / "journal.sqlite3"
         self.journal_at_ack: dict[int, dict[str, str]] = {}
-        self.gateway, _ = add_fake(ctx, "gateway", react=self._look_in_journal)
-        self.vault, _ = add_fake(ctx, "vault")
+        self.gateway, self.gateway_ref = add_fake(ctx, "gateway", react=self._look_in_journal)
+        self.vault, self.vault_ref = add_fake(ctx, "vault")
         self.supervisor = start_supervisor(ctx)
         self.governor: Inbox | None = None
         self.governor_ref: pykka.ActorRef[Any]
@@ -109,6 +111,10 @@ class Node:
             if self.governor is None:
                 self.governor_ref.proxy().max_parallel.get(timeout=DEADLINE)
             self.supervisor.ask(("forget", "-nobody-"), timeout=DEADLINE)
+        fakes = [self.gateway_ref, self.vault_ref, *self.sessions.all_refs()]
+        if self.governor is not None:
+            fakes.append(self.governor_ref)
+        sync(*fakes)  # and the fakes recorded it all
 
     # -- what a client sends ---------------------------------------------------------------
 
@@ -149,9 +155,33 @@ class Node:
         )
         return next(m for m in self.gateway.of(Settle) if m.token == token)
 
+    def traffic(self) -> list[object]:
+        """What the gateway got about jobs, in order: everything but the node's heartbeats."""
+        return [m for m in self.gateway.all() if not _is_heartbeat(m)]
+
+    def published(self) -> list[Publish]:
+        """What the gateway was asked to publish, in order: directly, or once queues exist."""
+        return [m for m in map(_publish_of, self.traffic()) if m is not None]
+
     def events(self, job_id: str | None = None) -> list[JobStateChanged]:
-        decoded = [wire.decode_as(p.body, JobStateChanged) for p in self.gateway.of(Publish)]
+        decoded = [wire.decode_as(p.body, JobStateChanged) for p in self.published()]
         return [e for e in decoded if job_id is None or e.job_id == job_id]
+
+    def opened_before(self, job_id: str, state: str, *, input_queue: bool) -> OpenJobQueues:
+        """The job's OpenJobQueues for its input (or control) queue; fails if `state` was
+        announced before it: whoever hears of the state must find the queue there."""
+        for message in self.traffic():
+            if (
+                isinstance(message, OpenJobQueues)
+                and message.job_id == job_id
+                and (message.input if input_queue else message.control)
+            ):
+                return message
+            publish = _publish_of(message)
+            if publish is not None:
+                event = wire.decode_as(publish.body, JobStateChanged)
+                assert (event.job_id, event.state) != (job_id, state), f"{state} came too early"
+        raise AssertionError(f"no OpenJobQueues for {job_id}")
 
     def states(self, job_id: str) -> list[str]:
         return [e.state for e in self.events(job_id)]
@@ -178,6 +208,18 @@ class Node:
         self.wait_state(job.job_id, "running")
 
 
+def _is_heartbeat(message: object) -> bool:
+    return isinstance(message, Publish) and message.routing_key == addresses.presence_key("node1")
+
+
+def _publish_of(message: object) -> Publish | None:
+    if isinstance(message, Publish):
+        return message
+    if isinstance(message, OpenJobQueues):
+        return message.announce
+    return None
+
+
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
     with running_context(tmp_path, clock=FakeClock(NOW)) as ctx:
@@ -202,11 +244,9 @@ def test_a_job_is_journaled_then_acked_then_published_queued(node: Node) -> None
     job = node.job()
     token = node.deliver(job)
     node.wait_state(job.job_id, "queued")
-    first_two = node.gateway.all()[:2]
-    assert first_two[0] == Settle(token, True, "")
+    assert node.traffic()[0] == Settle(token, True, "")
     assert node.journal_at_ack[token] == {job.job_id: "queued"}
-    publish = first_two[1]
-    assert isinstance(publish, Publish)
+    [publish] = node.published()
     assert (publish.routing_key, publish.message_id) == (
         f"job.{job.job_id}.state",
         f"{job.job_id}:0",
@@ -215,8 +255,8 @@ def test_a_job_is_journaled_then_acked_then_published_queued(node: Node) -> None
     assert publish.mandatory
     event = wire.decode(publish.body)
     assert event == JobStateChanged(job.job_id, "node1", "queued", 0, NOW, "node:node1")
-    node.gateway.wait_of(OpenJobQueues)
-    assert node.gateway.of(OpenJobQueues) == [OpenJobQueues(job.job_id, input=False, control=True)]
+    opened = node.opened_before(job.job_id, "queued", input_queue=False)  # cancels can land
+    assert not opened.input
     assert node.governor is not None
     assert node.governor.wait_of(RequestSlot) == [RequestSlot(job.job_id)]
 
@@ -314,13 +354,14 @@ def test_jobs_start_in_fifo_order_two_at_a_time(governed: Node) -> None:
 
 
 def test_a_session_start_and_end_are_published(node: Node) -> None:
-    """A granted job gets its input queue opened and a session; its end is journaled and told."""
+    """A granted job gets a session and an input queue before "running"; its end frees the slot."""
     job = node.job()
     node.deliver(job)
     node.wait_state(job.job_id, "queued")
     node.run(job)
     assert node.sessions.requests == [StartSession(job.job_id, wire.encode(job))]
-    assert OpenJobQueues(job.job_id, input=True, control=False) in node.gateway.all()
+    opened = node.opened_before(job.job_id, "running", input_queue=True)  # keys can land
+    assert not opened.control
     node.sessions.end(job.job_id, "killed", ExitStatus(None, 9))
     event = node.wait_state(job.job_id, "killed")
     assert (event.exit_code, event.signal, event.seq) == (None, 9, 2)
@@ -379,6 +420,8 @@ def test_a_restart_interrupts_the_running_job_and_resumes_the_queued_in_order(
     assert event.seq == 2
     assert node.vault.wait_of(OpenLog) == [OpenLog(running.job_id, finalise=True)]
     node.quiet()
+    assert node.released() == [running.job_id]  # its slot is free, its queues closed
+    assert CloseJobQueues(running.job_id) in node.gateway.all()
     assert node.requested()[before:] == [first.job_id, second.job_id]
     assert node.states(first.job_id) == ["queued"]
     assert node.states(second.job_id) == ["queued"]
@@ -465,11 +508,10 @@ def test_replay_of_a_job_we_hold_goes_to_the_vault_with_its_state(node: Node) ->
     node.sessions.end(job.job_id, "exited", ExitStatus(3, None))
     node.wait_state(job.job_id, "exited")
     ask = ReplayRequested(job.job_id, from_seq=5)
-    token = node.deliver(ask, reply_to="amq.rabbitmq.reply-to.abc", correlation_id="c1")
+    reply = addresses.reply_key(VIEWER, job.job_id)
+    token = node.deliver(ask, reply_to=reply, correlation_id="c1")
     assert node.settle(token).ok
-    assert node.vault.wait_of(Replay) == [
-        Replay(job.job_id, 5, "amq.rabbitmq.reply-to.abc", "c1", "exited", 3, None)
-    ]
+    assert node.vault.wait_of(Replay) == [Replay(job.job_id, 5, reply, "c1", "exited", 3, None)]
 
 
 def test_replay_of_a_job_we_do_not_hold_is_only_acked(node: Node) -> None:
@@ -478,24 +520,17 @@ def test_replay_of_a_job_we_do_not_hold_is_only_acked(node: Node) -> None:
     node.deliver(held)
     node.wait_state(held.job_id, "queued")
     stranger = addresses.new_job_id()
-    token = node.deliver(ReplayRequested(stranger), reply_to="amq.rabbitmq.reply-to.x")
+    token = node.deliver(ReplayRequested(stranger), reply_to=addresses.reply_key(VIEWER, stranger))
     assert node.settle(token).ok
-    node.deliver(ReplayRequested(held.job_id), reply_to="amq.rabbitmq.reply-to.y")
+    node.deliver(ReplayRequested(held.job_id), reply_to=addresses.reply_key(VIEWER, held.job_id))
     replays = node.vault.wait_of(Replay)  # FIFO: the stranger's would have come first
     assert [r.job_id for r in replays] == [held.job_id]
     assert replays[0].state == "queued"
 
 
-# -- bugs: each test shows a defect and passes once it is fixed ------------------------------
-
-
-@pytest.mark.xfail(
-    reason="BUG job_queue.py:285-289: a cancel between SlotGranted and SessionStarted marks"
-    " the job cancelled and frees its slot, but its session is never told to stop",
-    strict=True,
-)
 def test_a_cancel_while_the_session_is_starting_stops_the_session(node: Node) -> None:
-    """A job cancelled after its session was made but before it reported started is ended."""
+    """A job cancelled after its session was made but before it reported started is ended
+    through its session: it stays queued (its slot taken) until the session ends it."""
     job = node.job()
     node.deliver(job)
     node.wait_state(job.job_id, "queued")
@@ -503,20 +538,64 @@ def test_a_cancel_while_the_session_is_starting_stops_the_session(node: Node) ->
     node.sessions.wait_count(1)
     wait_for(lambda: node.ctx.router.has(f"pty:{job.job_id}"), what="the session")
     assert node.settle(node.control(job.job_id, "cancel")).ok
-    node.wait_state(job.job_id, "cancelled")
-    node.quiet()
-    assert node.released() == [job.job_id]  # the slot is free: another job may start now
     session = node.sessions.inboxes[job.job_id]
-    stopped = not node.sessions.refs[job.job_id].is_alive()
-    assert stopped or session.of(Terminate) != []
+    assert session.wait_of(Terminate) == [Terminate(job.job_id, 3.0, "cancelled")]
+    node.quiet()
+    assert node.states(job.job_id) == ["queued"]
+    assert node.released() == []  # the session still runs: its slot is not free yet
+    node.sessions.run(job.job_id)  # the child had started meanwhile
+    node.sessions.end(job.job_id, "cancelled", ExitStatus(None, 15))
+    assert node.wait_state(job.job_id, "cancelled").signal == 15
+    node.quiet()
+    assert node.states(job.job_id) == ["queued", "running", "cancelled"]
+    assert node.released() == [job.job_id]
+    assert node.sessions.started_ids() == [job.job_id]
 
 
-@pytest.mark.xfail(
-    reason="BUG governor.py:35-38 with runtime: SlotGranted messages in a crashed job queue's"
-    " mailbox are lost, and the governor ignores the new instance's RequestSlot for jobs it"
-    " counts as running: the jobs never start and the slots leak",
-    strict=True,
+def test_a_session_that_starts_for_a_cancelled_job_is_terminated(node: Node) -> None:
+    """A session reporting started for a job that is no longer queued is told to stop."""
+    job = node.job()
+    node.deliver(job)
+    node.wait_state(job.job_id, "queued")
+    assert node.settle(node.control(job.job_id, "cancel")).ok
+    node.wait_state(job.job_id, "cancelled")
+    session_inbox, _ = add_fake(node.ctx, f"pty:{job.job_id}")  # a session made in a race
+    node.sessions.ctx = node.ctx
+    node.sessions.run(job.job_id)
+    assert session_inbox.wait_of(Terminate) == [Terminate(job.job_id, 3.0, "cancelled")]
+    node.quiet()
+    assert node.states(job.job_id) == ["queued", "cancelled"]
+
+
+def test_a_repeated_grant_for_a_job_whose_session_exists_is_ignored(node: Node) -> None:
+    """A grant repeated by the governor (after a job queue restart) starts no second session."""
+    job = node.job()
+    node.deliver(job)
+    node.wait_state(job.job_id, "queued")
+    node.run(job)
+    assert node.ctx.router.tell("job_queue", SlotGranted(job.job_id))
+    node.quiet()
+    assert node.sessions.started_ids() == [job.job_id]
+    assert node.released() == []  # and the running job keeps its slot
+    assert node.states(job.job_id) == ["queued", "running"]
+
+
+@pytest.mark.parametrize(
+    ("code", "detail"), [(0xC000013A, "exit code 0xc000013a"), (256, "exit code 0x100")]
 )
+def test_an_exit_code_outside_a_byte_is_reported_as_255(node: Node, code: int, detail: str) -> None:
+    """A Windows-sized exit code is published as 255 with the real code in the detail."""
+    job = node.job()
+    node.deliver(job)
+    node.wait_state(job.job_id, "queued")
+    node.run(job)
+    node.sessions.end(job.job_id, "exited", ExitStatus(code, None))
+    event = node.wait_state(job.job_id, "exited")
+    assert (event.exit_code, event.detail) == (255, detail)
+    node.quiet()
+    assert node.released() == [job.job_id]
+
+
 def test_jobs_granted_to_a_job_queue_that_crashed_still_start(tmp_path: Path) -> None:
     """Jobs whose grant died with a crashed job queue start once the new instance asks again."""
     with running_context(tmp_path, clock=FakeClock(NOW), max_parallel=2) as ctx:
@@ -536,3 +615,57 @@ def test_jobs_granted_to_a_job_queue_that_crashed_still_start(tmp_path: Path) ->
         wait_for(lambda: len(node.queues) == 2, what="the restarted job queue")
         node.quiet()
         assert node.sessions.started_ids() == [first.job_id, second.job_id]
+        for job in (first, second):  # and their slots come back when they end
+            node.sessions.run(job.job_id)
+            node.wait_state(job.job_id, "running")
+            node.sessions.end(job.job_id, "exited", ExitStatus(0, None))
+            node.wait_state(job.job_id, "exited")
+        node.quiet()
+        assert node.governor_ref.proxy().running.get(timeout=DEADLINE) == set()
+
+
+# -- bugs: each test shows a defect and passes once it is fixed ------------------------------
+
+
+def test_a_repeated_grant_before_the_supervisor_made_the_session_starts_one_session(
+    node: Node,
+) -> None:
+    """Two grants for one job, handled while the supervisor is busy, make one session."""
+    job = node.job()
+    node.deliver(job)
+    node.wait_state(job.job_id, "queued")
+    busy, free = threading.Event(), threading.Event()
+
+    def slow_factory() -> pykka.ActorRef[Any]:  # keeps the supervisor busy for a moment
+        busy.set()
+        free.wait(DEADLINE)
+        return add_fake(node.ctx, "other")[1]
+
+    supervise(node.ctx, "slow", slow_factory)
+    try:
+        assert busy.wait(DEADLINE)
+        for _ in range(2):
+            assert node.ctx.router.tell("job_queue", SlotGranted(job.job_id))
+        node.queue.ask(SessionEnded("-barrier-", "exited"), timeout=DEADLINE)
+    finally:
+        free.set()
+    node.quiet()
+    assert node.sessions.started_ids() == [job.job_id]
+
+
+def test_an_exit_code_outside_a_byte_is_kept_when_the_session_gave_a_detail(
+    node: Node,
+) -> None:
+    """The real exit code is in the detail of a job ended by its timeout too."""
+    job = node.job()
+    node.deliver(job)
+    node.wait_state(job.job_id, "queued")
+    node.run(job)
+    assert node.ctx.router.tell(
+        "job_queue",
+        SessionEnded(job.job_id, "timed_out", ExitStatus(0xC000013A, None), "ended by SIGTERM"),
+    )
+    event = node.wait_state(job.job_id, "timed_out")
+    assert event.exit_code == 255
+    assert event.detail is not None
+    assert "0xc000013a" in event.detail

@@ -180,6 +180,54 @@ def test_output_flags_range(flags: int) -> None:
         m.OutputChunk(JOB, 0, flags, b"")
 
 
+# --- exit codes and signals -------------------------------------------------------------------
+
+StatusBuilder = Callable[[int | None, int | None], m.JobStateChanged | m.ReplayFinished]
+_STATUS_BUILDERS: list[StatusBuilder] = [
+    lambda code, sig: m.JobStateChanged(JOB, "n", "exited", 0, 1.0, exit_code=code, signal=sig),
+    lambda code, sig: m.ReplayFinished(JOB, "n", 0, "exited", exit_code=code, signal=sig),
+]
+_STATUS_IDS = ["job_state", "replay_done"]
+
+
+@pytest.mark.parametrize("exit_code", [0, 1, 254, 255, None])
+@pytest.mark.parametrize("build", _STATUS_BUILDERS, ids=_STATUS_IDS)
+def test_exit_code_in_range(build: StatusBuilder, exit_code: int | None) -> None:
+    """Exit codes 0..255 (or none) are accepted."""
+    assert build(exit_code, None).exit_code == exit_code
+
+
+@pytest.mark.parametrize("exit_code", [-1, 256, 257, -(2**63), 2**63 - 1, 2**64 - 1])
+@pytest.mark.parametrize("build", _STATUS_BUILDERS, ids=_STATUS_IDS)
+def test_exit_code_out_of_range(build: StatusBuilder, exit_code: int) -> None:
+    """An exit code outside 0..255 cannot be built."""
+    with pytest.raises(ValueError, match=rf"exit code {exit_code} out of range 0\.\.255"):
+        build(exit_code, None)
+
+
+@pytest.mark.parametrize("signal", [1, 9, 64, 126, 127, None])
+@pytest.mark.parametrize("build", _STATUS_BUILDERS, ids=_STATUS_IDS)
+def test_signal_in_range(build: StatusBuilder, signal: int | None) -> None:
+    """Signals 1..127 (or none) are accepted."""
+    assert build(None, signal).signal == signal
+
+
+@pytest.mark.parametrize("signal", [0, -1, -128, 128, 255, 2**40])
+@pytest.mark.parametrize("build", _STATUS_BUILDERS, ids=_STATUS_IDS)
+def test_signal_out_of_range(build: StatusBuilder, signal: int) -> None:
+    """A signal outside 1..127 cannot be built, 0 included."""
+    with pytest.raises(ValueError, match=rf"signal {signal} out of range 1\.\.127"):
+        build(None, signal)
+
+
+@pytest.mark.parametrize(("running", "queued"), [(-1, 0), (0, -1), (-(2**63), -(2**63))])
+def test_heartbeat_counts_cannot_be_negative(running: int, queued: int) -> None:
+    """A node cannot say it runs or holds a negative number of jobs."""
+    with pytest.raises(ValueError, match="running and queued counts cannot be negative"):
+        m.NodeHeartbeat("n", 1.0, "v", "p", (), running, queued)
+    assert m.NodeHeartbeat("n", 1.0, "v", "p", (), 0, 0).running == 0
+
+
 # --- size caps -----------------------------------------------------------------------------
 
 

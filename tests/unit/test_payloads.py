@@ -4,6 +4,8 @@ the right key and position, and hostile plaintext under valid crypto is a Protoc
 from __future__ import annotations
 
 import math
+import re
+import threading
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]
@@ -14,6 +16,7 @@ from runlet.errors import CryptoError, ProtocolError
 from runlet.payloads import (
     MAX_ARGV,
     MAX_ENV,
+    MAX_TIMEOUT,
     Control,
     JobSpec,
     open_input,
@@ -22,6 +25,7 @@ from runlet.payloads import (
 
 JOB = "0123456789abcdef0123456789abcdef"
 OTHER_JOB = "fedcba9876543210fedcba9876543210"
+BAD_TIMEOUT = re.escape(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT:.0f}]")
 
 
 @pytest.fixture
@@ -135,21 +139,23 @@ HOSTILE_COMMANDS: list[tuple[object, str]] = [
     ({"argv": ["x", True]}, "argv items must be text"),
     ({"argv": ["x"], "env": "A=1"}, "env must be a map"),
     ({"argv": ["x"], "env": ["A=1"]}, "env must be a map"),
-    ({"argv": ["x"], "env": {"A": 1}}, "env keys and values must be text"),
-    ({"argv": ["x"], "env": {"A": None}}, "env keys and values must be text"),
-    ({"argv": ["x"], "env": {"A": ["b"]}}, "env keys and values must be text"),
-    ({"argv": ["x"], "env": {"A=B": "c"}}, "env keys and values must be text"),
-    ({"argv": ["x"], "env": {"A\0": "c"}}, "env keys and values must be text"),
-    ({"argv": ["x"], "env": {"A": "c\0"}}, "env keys and values must be text"),
+    ({"argv": ["x"], "env": {"A": 1}}, "env value of 'A' must be text"),
+    ({"argv": ["x"], "env": {"A": None}}, "env value of 'A' must be text"),
+    ({"argv": ["x"], "env": {"A": ["b"]}}, "env value of 'A' must be text"),
+    ({"argv": ["x"], "env": {"A=B": "c"}}, "env names must be non-empty text without '='"),
+    ({"argv": ["x"], "env": {"=": "c"}}, "env names must be non-empty text without '='"),
+    ({"argv": ["x"], "env": {"A\0": "c"}}, "env names and values must not contain NUL"),
+    ({"argv": ["x"], "env": {"A": "c\0"}}, "env names and values must not contain NUL"),
     ({"argv": ["x"], "cwd": 1}, "cwd must be text"),
     ({"argv": ["x"], "cwd": ["/"]}, "cwd must be text"),
-    ({"argv": ["x"], "timeout": -1}, "timeout must be a positive number"),
-    ({"argv": ["x"], "timeout": -0.5}, "timeout must be a positive number"),
-    ({"argv": ["x"], "timeout": 0}, "timeout must be a positive number"),
-    ({"argv": ["x"], "timeout": True}, "timeout must be a positive number"),
-    ({"argv": ["x"], "timeout": "10"}, "timeout must be a positive number"),
-    ({"argv": ["x"], "timeout": [10]}, "timeout must be a positive number"),
-    ({"argv": ["x"], "timeout": -math.inf}, "timeout must be a positive number"),
+    ({"argv": ["x"], "cwd": "\0"}, "cwd must be text without NUL"),
+    ({"argv": ["x"], "timeout": -1}, BAD_TIMEOUT),
+    ({"argv": ["x"], "timeout": -0.5}, BAD_TIMEOUT),
+    ({"argv": ["x"], "timeout": 0}, BAD_TIMEOUT),
+    ({"argv": ["x"], "timeout": True}, BAD_TIMEOUT),
+    ({"argv": ["x"], "timeout": "10"}, BAD_TIMEOUT),
+    ({"argv": ["x"], "timeout": [10]}, BAD_TIMEOUT),
+    ({"argv": ["x"], "timeout": -math.inf}, BAD_TIMEOUT),
 ]
 
 
@@ -197,6 +203,18 @@ def test_huge_env(key: JobKey) -> None:
         JobSpec.open(key, _seal_command(key, {"argv": ["x"], "env": env}))
 
 
+def test_job_spec_env_may_be_absent_or_empty(key: JobKey) -> None:
+    """A command without env, or with an empty env map, opens with an empty environment."""
+    for body in ({"argv": ["x"]}, {"argv": ["x"], "env": {}}):
+        assert JobSpec.open(key, _seal_command(key, body)).env == {}
+
+
+def test_job_spec_tiny_finite_timeout(key: JobKey) -> None:
+    """The smallest positive timeout is finite and accepted."""
+    body = {"argv": ["x"], "timeout": 5e-324}
+    assert JobSpec.open(key, _seal_command(key, body)).timeout == 5e-324
+
+
 def test_unknown_command_fields_are_ignored(key: JobKey) -> None:
     """Extra fields in a command body are ignored, like on the wire."""
     body = {"argv": ["x"], "priority": 5, "future": {"a": [1]}}
@@ -221,6 +239,13 @@ def test_unknown_command_fields_are_ignored(key: JobKey) -> None:
         "echo `date`",
         "a\nb",
         "a\tb",
+        "~/bin/tool",
+        "ls [ab].py",
+        "echo {a,b}",
+        "make#comment",
+        "#",
+        "!!",
+        "FOO=bar",
     ],
 )
 def test_argv_for_shell_syntax(command: str) -> None:
@@ -236,6 +261,9 @@ def test_argv_for_shell_syntax(command: str) -> None:
         ("ls", "-l"),
         ("echo", "a b", "$HOME", "|"),
         ("sh", "-c", "echo hi; exit 3"),
+        ("./run-it_2.sh",),
+        ("a,b:c@d%e+f",),
+        ("ls", "~", "[ab]", "{a,b}", "#", "!", "A=b"),
     ],
 )
 def test_argv_for_plain(argv: tuple[str, ...]) -> None:
@@ -395,55 +423,47 @@ def test_input_not_a_control(key: JobKey) -> None:
         Control.open(key, "laptop", 1, sealed)
 
 
-# --- known bugs: strict xfails, so a fix turns them into failures to un-mark -------------------
+# --- hostile values the previous source let through ----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG payloads.py:54-56: `timeout <= 0` is False for NaN and inf, so they pass; "
-    "the PTY session's timer thread then dies (threading.Timer(nan/inf)) and the job never "
-    "times out",
-)
 @pytest.mark.parametrize("timeout", [math.nan, math.inf])
 def test_non_finite_timeout(key: JobKey, timeout: float) -> None:
-    """A NaN or infinite timeout is refused."""
-    with pytest.raises(ProtocolError, match="timeout"):
+    """A NaN or infinite timeout is refused (a timer thread cannot wait for it)."""
+    with pytest.raises(ProtocolError, match=BAD_TIMEOUT):
         JobSpec.open(key, _seal_command(key, {"argv": ["x"], "timeout": timeout}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG payloads.py:44: `raw.get('env') or {}` turns any falsy non-map "
-    "([], 0, '', false) into an empty environment instead of refusing it",
-)
-@pytest.mark.parametrize("env", [[], 0, "", False])
+@pytest.mark.parametrize("env", [[], 0, "", False, None])
 def test_falsy_env_of_wrong_type(key: JobKey, env: object) -> None:
-    """An env that is not a map is refused even when it is empty or zero."""
-    with pytest.raises(ProtocolError, match="env"):
+    """An env that is not a map is refused even when it is empty, zero or nil."""
+    with pytest.raises(ProtocolError, match="env must be a map"):
         JobSpec.open(key, _seal_command(key, {"argv": ["x"], "env": env}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG payloads.py:48: an empty env name passes; the spawn then fails later "
-    "(ptys._check_command) instead of the command being refused as malformed",
-)
 def test_empty_env_name(key: JobKey) -> None:
     """An environment variable with an empty name is refused."""
-    with pytest.raises(ProtocolError, match="env"):
+    with pytest.raises(ProtocolError, match="env names must be non-empty"):
         JobSpec.open(key, _seal_command(key, {"argv": ["x"], "env": {"": "v"}}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG payloads.py:50-52: a cwd with a NUL passes; ptys._check_cwd then raises "
-    "ValueError (os.stat: embedded null byte), not SpawnFailed",
-)
 def test_cwd_with_nul(key: JobKey) -> None:
     """A working directory containing NUL is refused like argv and env items with NUL."""
-    with pytest.raises(ProtocolError, match="cwd"):
+    with pytest.raises(ProtocolError, match="cwd must be text without NUL"):
         JobSpec.open(key, _seal_command(key, {"argv": ["x"], "cwd": "/tmp\0x"}))
+
+
+@pytest.mark.parametrize("timeout", [threading.TIMEOUT_MAX * 2, 1e300])
+def test_timeout_a_timer_can_wait_for(key: JobKey, timeout: float) -> None:
+    """A timeout longer than a timer thread can wait is refused."""
+    with pytest.raises(ProtocolError, match=BAD_TIMEOUT):
+        JobSpec.open(key, _seal_command(key, {"argv": ["x"], "timeout": timeout}))
+
+
+def test_timeout_limit_is_inclusive(key: JobKey) -> None:
+    """MAX_TIMEOUT itself is accepted (and a timer can wait that long); a hair more is not."""
+    assert MAX_TIMEOUT <= threading.TIMEOUT_MAX
+    spec = JobSpec.open(key, _seal_command(key, {"argv": ["x"], "timeout": MAX_TIMEOUT}))
+    assert spec.timeout == MAX_TIMEOUT
+    above = math.nextafter(MAX_TIMEOUT, math.inf)
+    with pytest.raises(ProtocolError, match=BAD_TIMEOUT):
+        JobSpec.open(key, _seal_command(key, {"argv": ["x"], "timeout": above}))

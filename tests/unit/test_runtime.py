@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import uuid
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from tests.unit.fakes import (
 
 RESTARTS = "runlet_actor_restarts_total"
 UNEXPECTED = "runlet_unexpected_messages_total"
+RACE = 0.3  # seconds a racing thread gets to finish; with the router's lock held it cannot
 
 
 @pytest.fixture
@@ -83,10 +83,24 @@ class EagerWorker(Worker):
 
 
 class DoomedWorker(Worker):
-    """Fails in started(), but only once a message has reached its mailbox."""
+    """Says it is starting, then fails in started() once the test sets `doom`."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        name: str,
+        inbox: Inbox,
+        generation: int,
+        fail_start: bool,
+        *,
+        doom: threading.Event,
+    ) -> None:
+        super().__init__(ctx, name, inbox, generation, fail_start)
+        self.doom = doom
 
     def started(self) -> None:
-        wait_for(lambda: not self.actor_inbox.empty(), what="a message in the mailbox")
+        self.inbox.put(("starting", self.generation))
+        assert self.doom.wait(DEADLINE)
         raise RuntimeError(f"generation {self.generation} cannot start")
 
 
@@ -114,6 +128,7 @@ class Spawner:
         self.always_fail = always_fail
         self.doomed = doomed
         self.eager = eager
+        self.doom = threading.Event()  # set: the doomed generations' started() fails now
         self.gates: dict[int, tuple[threading.Event, threading.Event]] = {}
         self.refs: list[pykka.ActorRef[Any]] = []
         self._lock = threading.Lock()
@@ -141,8 +156,14 @@ class Spawner:
             entered.set()
             assert release.wait(DEADLINE)
         fails = self.always_fail or generation in self.fail_starts
-        kind = DoomedWorker if generation in self.doomed else EagerWorker if self.eager else Worker
-        ref = kind.start(self.ctx, self.name, self.inbox, generation, fails)
+        ref: pykka.ActorRef[Any]
+        if generation in self.doomed:
+            ref = DoomedWorker.start(
+                self.ctx, self.name, self.inbox, generation, fails, doom=self.doom
+            )
+        else:
+            kind = EagerWorker if self.eager else Worker
+            ref = kind.start(self.ctx, self.name, self.inbox, generation, fails)
         if self.eager:  # the supervisor's thread is descheduled until started() is over
             self.inbox.wait(
                 lambda items: any(m[0] == "told" for m in items if isinstance(m, tuple))
@@ -154,8 +175,10 @@ class Spawner:
     def wait_started(self, generation: int) -> None:
         """Wait until instance `generation` ran started() and its name takes messages."""
         self.inbox.wait(lambda items: ("started", generation) in items, what=f"gen {generation}")
-        # started() runs in the actor's thread, possibly before the supervisor registers it
+        # the actor registers itself in its own thread, right after started() returned, and
+        # may do so before the factory (in the supervisor's thread) has recorded its ref
         wait_for(lambda: self.ctx.router.has(self.name), what=f"{self.name} registered")
+        wait_for(lambda: self.made >= generation, what=f"gen {generation} recorded")
 
     def got(self, generation: int) -> list[str]:
         """The texts instance `generation` handled, in order."""
@@ -368,13 +391,8 @@ def test_supervise_without_a_supervisor_raises(ctx: Context) -> None:
 # -- bugs: each test shows a defect and passes once it is fixed ------------------------------
 
 
-@pytest.mark.xfail(
-    reason="BUG runtime.py:139-141/79-89: a message told between a crash and the supervisor"
-    " handling ChildDied is dropped (tell returns False)",
-    strict=True,
-)
 def test_a_message_told_before_the_supervisor_hears_of_a_crash_is_not_lost(
-    ctx: Context,
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A message told after the crash but before the supervisor reacts reaches the new one."""
     supervisor = start_supervisor(ctx)
@@ -382,6 +400,15 @@ def test_a_message_told_before_the_supervisor_hears_of_a_crash_is_not_lost(
     spawner = Spawner(ctx, name)
     supervise(ctx, name, spawner)
     spawner.wait_started(1)
+    reported = threading.Event()
+    mark_restarting = ctx.router.restarting
+
+    def spy(target: str, ref: pykka.ActorRef[Any] | None = None) -> None:
+        mark_restarting(target, ref)
+        if target == name and ref is not None:  # the crashed instance reports itself
+            reported.set()
+
+    monkeypatch.setattr(ctx.router, "restarting", spy)
     busy, free = threading.Event(), threading.Event()
 
     def slow_factory() -> pykka.ActorRef[Any]:  # keeps the supervisor busy, as a slow start does
@@ -393,9 +420,10 @@ def test_a_message_told_before_the_supervisor_hears_of_a_crash_is_not_lost(
     try:
         assert busy.wait(DEADLINE)
         assert ctx.router.tell(name, "boom")
-        wait_for(lambda: not spawner.ref(1).is_alive(), what="the crash")
-        wait_for(lambda: not ctx.router.has(name), what="the crash report")
+        assert reported.wait(DEADLINE)  # the crash is reported; ChildDied waits in the mailbox
+        assert ctx.router.has(name)
         accepted = ctx.router.tell(name, ("msg", "in the gap"))
+        assert spawner.made == 1  # the supervisor has not got to the restart yet
     finally:
         free.set()
     spawner.wait_started(2)
@@ -406,57 +434,82 @@ def test_a_message_told_before_the_supervisor_hears_of_a_crash_is_not_lost(
     assert spawner.got(2) == ["in the gap", "after"]
 
 
-@pytest.mark.xfail(
-    reason="BUG runtime.py:47-53: messages held for a restart are handed to the next instance"
-    " before its started() ran; if started() fails they are dropped with its mailbox",
-    strict=True,
-)
 def test_held_messages_survive_an_instance_that_fails_to_start(ctx: Context) -> None:
     """Messages held across a restart reach the first instance that actually starts."""
-    start_supervisor(ctx)
+    supervisor = start_supervisor(ctx)
     name = unique("worker")
     spawner = Spawner(ctx, name, doomed=frozenset({2}))
     entered, release = spawner.gate(2)
     supervise(ctx, name, spawner)
     spawner.wait_started(1)
     assert ctx.router.tell(name, "boom")
-    assert entered.wait(DEADLINE)
-    assert ctx.router.tell(name, ("msg", "held"))
+    assert entered.wait(DEADLINE)  # instance 2 is being made
+    assert ctx.router.tell(name, ("msg", "early"))
     release.set()
+    spawner.inbox.wait(lambda items: ("starting", 2) in items)  # inside its started() now
+    barrier(supervisor)  # and the supervisor is done with making it
+    assert ctx.router.tell(name, ("msg", "held"))
+    spawner.doom.set()  # instance 2 fails to start, with nothing in its mailbox
     spawner.wait_started(3)
     assert ctx.router.tell(name, ("msg", "after"))
     spawner.inbox.wait(lambda items: (3, "after") in items)
-    assert spawner.got(3) == ["held", "after"]
+    assert spawner.got(3) == ["early", "held", "after"]
+    assert spawner.got(2) == []
 
 
-@pytest.mark.xfail(
-    reason="BUG runtime.py:211-214: a factory that raises kills the Supervisor for good and"
-    " nothing stops the process",
-    strict=True,
-)
 def test_a_factory_that_raises_does_not_kill_supervision_silently(ctx: Context) -> None:
-    """A child whose factory raises leaves the supervisor alive, or stops the process."""
+    """A child whose factory raises counts as a crash: it is made again, with backoff."""
     supervisor = start_supervisor(ctx)
+    name = unique("broken")
+    spawner = Spawner(ctx, name)
+    attempts: list[int] = []
+
+    def broken_once() -> pykka.ActorRef[Any]:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise KeyError("fleet_key")
+        return spawner()
+
+    with capture_logs() as logs:
+        supervise(ctx, name, broken_once)
+        barrier(supervisor)  # the first attempt raised: the name is held for the next
+        assert ctx.router.tell(name, ("msg", "held"))  # held until an instance starts
+        spawner.wait_started(1)
+    assert ctx.router.tell(name, ("msg", "after"))
+    spawner.inbox.wait(lambda items: (1, "after") in items)
+    assert spawner.got(1) == ["held", "after"]
+    assert supervisor.is_alive()
+    assert not ctx.stopping.is_set()
+    assert [e["actor"] for e in logs if e["event"] == "actor_build_failed"] == [name]
+    assert [e["actor"] for e in logs if e["event"] == "actor_restarting"] == [name]
+    assert sample(RESTARTS, actor=name) == 1.0
+
+
+def test_a_factory_that_always_raises_stops_the_process(ctx: Context) -> None:
+    """A factory that keeps raising hits the crash limit: the process stops with code 70."""
+    supervisor = QuickSupervisor.start(ctx)
+    ctx.router.register(SUPERVISOR, supervisor)
+    name = unique("broken")
+    attempts: list[int] = []
 
     def broken() -> pykka.ActorRef[Any]:
+        attempts.append(1)
         raise KeyError("fleet_key")
 
-    with capture_logs():
-        supervise(ctx, unique("broken"), broken)
-        with contextlib.suppress(pykka.ActorDeadError):
-            barrier(supervisor)
-    assert supervisor.is_alive() or ctx.stopping.is_set()
+    with capture_logs() as logs:
+        supervise(ctx, name, broken)
+        assert ctx.stopping.wait(DEADLINE)
+    assert ctx.exit_code == [70]
+    assert len(attempts) == QuickSupervisor.max_crashes + 1
+    assert supervisor.is_alive()
+    limit = [e for e in logs if e["event"] == "actor_restart_limit"]
+    assert [(e["actor"], e["crashes"]) for e in limit] == [(name, 3)]
 
 
 class PatientSupervisor(Supervisor):
     max_crashes = 10
 
 
-@pytest.mark.xfail(
-    reason="BUG runtime.py:180,228-229: crashes are kept in a deque(maxlen=10), so a"
-    " max_crashes of 10 or more is never exceeded and the supervisor restarts forever",
-    strict=True,
-)
 def test_the_crash_limit_holds_for_a_limit_of_ten(ctx: Context) -> None:
     """With max_crashes = 10, the eleventh crash in the window stops the process."""
     supervisor = PatientSupervisor.start(ctx)
@@ -472,21 +525,21 @@ def test_the_crash_limit_holds_for_a_limit_of_ten(ctx: Context) -> None:
 
 
 class DyingRef:
-    """A ref whose actor dies at the moment it is told something; `meanwhile` runs first."""
+    """A ref whose actor dies at the moment it is told something.
+
+    Meanwhile another thread runs `meanwhile` (the supervisor registering the next instance)
+    and gets RACE seconds to finish before the tell fails.
+    """
 
     def __init__(self, meanwhile: Any) -> None:
-        self.meanwhile = meanwhile
+        self.other = threading.Thread(target=meanwhile)
 
     def tell(self, message: object) -> None:
-        self.meanwhile()
+        self.other.start()
+        self.other.join(RACE)
         raise pykka.ActorDeadError("dead")
 
 
-@pytest.mark.xfail(
-    reason="BUG runtime.py:82-85: a tell that races a restart parks the message in _held after"
-    " the new instance registered; it is never delivered although tell returned True",
-    strict=True,
-)
 def test_a_tell_racing_a_restart_reaches_the_new_instance(ctx: Context) -> None:
     """A message whose target died and was replaced mid-tell is delivered to the replacement."""
     inbox = Inbox()
@@ -494,10 +547,12 @@ def test_a_tell_racing_a_restart_reaches_the_new_instance(ctx: Context) -> None:
     def replaced() -> None:  # the supervisor registers the next instance meanwhile
         ctx.router.register("worker", FakeActor.start(inbox))
 
-    ctx.router.register("worker", cast(pykka.ActorRef[Any], DyingRef(replaced)))
+    dying = DyingRef(replaced)
+    ctx.router.register("worker", cast(pykka.ActorRef[Any], dying))
     assert ctx.router.tell("worker", "raced")
     assert ctx.router.tell("worker", "after")
     assert inbox.wait(lambda items: "after" in items) == ["raced", "after"]
+    dying.other.join(DEADLINE)
 
 
 class HandOverRef:
@@ -513,15 +568,10 @@ class HandOverRef:
             self.interleaved = True
             other = threading.Thread(target=self.ctx.router.tell, args=("worker", "live"))
             other.start()
-            other.join(DEADLINE)
+            other.join(RACE)  # it cannot finish while the hand-over holds the router's lock
         self.inbox.put(message)
 
 
-@pytest.mark.xfail(
-    reason="BUG runtime.py:47-53: held messages are handed over after the lock is released,"
-    " so a message told meanwhile overtakes them",
-    strict=True,
-)
 def test_held_messages_are_not_overtaken_during_the_hand_over(ctx: Context) -> None:
     """Messages held during a restart arrive before any told after the new instance registered."""
     ctx.router.restarting("worker")
@@ -532,12 +582,6 @@ def test_held_messages_are_not_overtaken_during_the_hand_over(ctx: Context) -> N
     assert inbox.wait(lambda items: len(items) == 3) == ["h1", "h2", "live"]
 
 
-@pytest.mark.xfail(
-    reason="BUG runtime.py:209-214: the supervisor registers a child only after its factory"
-    " returned, while started() already runs: a message sent to it from started() (or an"
-    " instant reply to one) is dropped, tell returning False",
-    strict=True,
-)
 def test_a_message_to_a_child_from_its_own_started_is_not_lost(ctx: Context) -> None:
     """A message told to a new child while its started() runs is delivered to it."""
     supervisor = start_supervisor(ctx)
@@ -549,3 +593,41 @@ def test_a_message_to_a_child_from_its_own_started_is_not_lost(ctx: Context) -> 
     spawner.inbox.wait(lambda items: (1, "after") in items)
     assert ("told", True) in spawner.inbox.all()
     assert spawner.got(1) == ["early", "after"]
+
+
+class SelfUnregistering(pykka.ThreadingActor):
+    """Unregisters its own name in on_stop, as PtySession does; on_stop waits for the test."""
+
+    use_daemon_thread = True
+
+    def __init__(
+        self, ctx: Context, name: str, entered: threading.Event, go: threading.Event
+    ) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.name = name
+        self.entered = entered
+        self.go = go
+
+    def on_receive(self, message: Any) -> Any:
+        return None
+
+    def on_stop(self) -> None:
+        self.entered.set()
+        assert self.go.wait(DEADLINE)
+        self.ctx.router.unregister(self.name, self.actor_ref)
+
+
+def test_a_message_to_a_stopping_actor_does_not_keep_its_name_alive(ctx: Context) -> None:
+    """An actor that stopped and unregistered leaves no name behind, whatever it was told."""
+    name = "pty:" + uuid.uuid4().hex
+    entered, go = threading.Event(), threading.Event()
+    ref = SelfUnregistering.start(ctx, name, entered, go)
+    ctx.router.register(name, ref)
+    stopped = ref.stop(block=False)
+    assert entered.wait(DEADLINE)  # pykka marked it stopped; on_stop has not unregistered
+    ctx.router.tell(name, "late")
+    go.set()
+    stopped.get(timeout=DEADLINE)
+    assert not ctx.router.has(name)
+    assert not ctx.router.tell(name, "anyone?")

@@ -29,6 +29,11 @@ TYPICAL: list[object] = [
     m.ReplayRequested(JOB, 10),
     m.ReplayFinished(JOB, "edge-2", 11, "running"),
     m.NodeHeartbeat("edge-2", 1_700_000_002.0, "0.1.0", "linux-aarch64", ("gpu", "arm"), 2, 1),
+    m.Query("jobs", node="edge-2", state="exited", since=1_700_000_000.0, limit=50),
+    m.QueryAnswered(True, b"\x90"),
+    m.LogStored(JOB, "edge-2", f"alice/edge-2/{JOB}.rlog", "ab" * 32),
+    m.Ping(1, 1_700_000_003.0),
+    m.Pong("edge-2", 1, 1_700_000_003.0),
 ]
 
 EDGE: list[object] = [
@@ -52,19 +57,25 @@ EDGE: list[object] = [
         2**63 - 1,
         0.0,
         target="all",
-        exit_code=-(2**63),
-        signal=2**64 - 1,
+        exit_code=255,
+        signal=127,
         detail="ünïcødé ✓ \n\0 " * 100,
     ),
-    m.JobStateChanged(JOB, "n", "killed", 0, 1.0, signal=9, detail=""),
+    m.JobStateChanged(JOB, "n", "killed", 0, 1.0, signal=1, detail=""),
     m.OutputChunk(JOB, 0, 255, b""),
     m.OutputChunk(JOB, 2**63 - 1, 1, b"\xff" * m.MAX_SEALED),
     m.InputSent(CHILD, "v" * 64, 0, b""),
     m.ControlSent(JOB, "v", 2**63 - 1, b"c" * 4096),
     m.ReplayRequested(CHILD),
     m.ReplayFinished(JOB, "n", 0, "exited", exit_code=0, signal=None),
+    m.ReplayFinished(CHILD, "n", 2**63 - 1, "killed", exit_code=255, signal=127),
     m.NodeHeartbeat("n", 0.0, "", "", (), 0, 0),
     m.NodeHeartbeat("n", 1.0, "v" * 1000, "p", tuple(f"t{i}" for i in range(wire.MAX_ITEMS))),
+    m.Query("job", job_id=CHILD, limit=10_000),
+    m.QueryAnswered(False, b"", error="e" * 1000),
+    m.LogStored(CHILD, "n", "x.rlog", "0" * 64),
+    m.Ping(2**63 - 1, 0.0),
+    m.Pong("n", 0, -1.0),
 ]
 
 ALL = TYPICAL + EDGE
@@ -95,6 +106,7 @@ def _rejects(data: bytes, *needles: str) -> str:
         wire.decode(data)
     text = str(info.value)
     assert text, "a ProtocolError must say what is wrong"
+    assert ": )" not in text, "the detail of a ProtocolError is never empty"
     for needle in needles:
         assert needle in text
     return text
@@ -111,6 +123,7 @@ def _decodes_or_rejects(data: bytes) -> None:
         assert wire.decode(wire.encode(msg)) == msg
         return
     assert problem, "a ProtocolError must say what is wrong"
+    assert ": )" not in problem, "the detail of a ProtocolError is never empty"
 
 
 # --- round trips ---------------------------------------------------------------------------
@@ -136,6 +149,7 @@ def test_encoding_is_tagged_map(msg: Any) -> None:
     raw = _raw(msg)
     assert raw["t"] == _tag(msg)
     assert raw["v"] == wire.WIRE_VERSION
+    assert type(raw["v"]) is int
     assert set(raw) == {"t", "v"} | {f.name for f in dataclasses.fields(msg)}
 
 
@@ -296,9 +310,9 @@ def test_missing_tag() -> None:
     _rejects(_pack(raw), "unknown message type")
 
 
-@pytest.mark.parametrize("version", [0, 2, -1, "1", None, 2**64 - 1, [1]])
+@pytest.mark.parametrize("version", [0, 2, -1, "1", None, 2**64 - 1, [1], True, 1.0, 1.5])
 def test_wrong_version(version: object) -> None:
-    """Any version but WIRE_VERSION is rejected, naming the tag."""
+    """Any version but the integer WIRE_VERSION (not true, not 1.0) is rejected, naming the tag."""
     raw = _raw(_sample(m.OutputChunk)) | {"v": version}
     _rejects(_pack(raw), "output", "unsupported wire version")
 
@@ -322,21 +336,27 @@ def test_bad_utf8_string() -> None:
 
 
 def test_reserved_byte() -> None:
-    """The never-used msgpack byte 0xc1 is rejected."""
-    _rejects(b"\xc1", "not a valid msgpack")
+    """The never-used msgpack byte 0xc1 is rejected, with a detail even though msgpack has none."""
+    _rejects(b"\xc1", "not a valid msgpack", "malformed data")
+
+
+@pytest.mark.parametrize("data", [b"\x81", b"\x92\xc0", b"\xa5abc"])
+def test_incomplete_input_names_the_problem(data: bytes) -> None:
+    """A body cut short is rejected as invalid msgpack that says the input is incomplete."""
+    _rejects(data, "not a valid msgpack", "incomplete")
 
 
 @pytest.mark.parametrize("depth", [2000, 100_000])
 def test_deeply_nested_arrays(depth: int) -> None:
-    """Arrays nested thousands deep are rejected, not a RecursionError or crash."""
-    _rejects(b"\x91" * depth + b"\xc0")
+    """Arrays nested thousands deep are rejected as too deep, not a RecursionError or crash."""
+    _rejects(b"\x91" * depth + b"\xc0", "message nested too deeply")
 
 
 def test_deeply_nested_value_in_a_field() -> None:
     """A deeply nested value in an extra field of a valid message is rejected."""
     packed = _pack(_raw(_sample(m.ReplayRequested)) | {"x": None})
     assert packed.endswith(b"\xc0")  # the None of "x", the last entry
-    _rejects(packed[:-1] + b"\x91" * 5000 + b"\xc0")
+    _rejects(packed[:-1] + b"\x91" * 5000 + b"\xc0", "message nested too deeply")
 
 
 @pytest.mark.parametrize(
@@ -371,6 +391,13 @@ def test_string_at_cap() -> None:
     """A string of exactly MAX_STR characters is accepted."""
     raw = _raw(_sample(m.JobStateChanged)) | {"detail": "x" * wire.MAX_STR}
     assert wire.decode(_pack(raw)).detail == "x" * wire.MAX_STR
+
+
+@pytest.mark.parametrize("field", ["running", "queued"])
+def test_heartbeat_with_a_negative_count_is_rejected(field: str) -> None:
+    """A heartbeat claiming a negative running or queued count is a ProtocolError."""
+    raw = _raw(_sample(m.NodeHeartbeat)) | {field: -1}
+    _rejects(_pack(raw), "presence:", "cannot be negative")
 
 
 def test_tuple_over_cap() -> None:
@@ -433,6 +460,7 @@ WRONG: dict[str, list[object]] = {
     "int": [True, False, 1.0, 1.5, "1", b"1", [1], {"1": 1}, NAN, INF],
     "float": [True, False, "1.0", b"1", [1.0], {"a": 1}, NAN, INF, -INF],
     "bytes": ["text", 1, True, 1.5, [1, 2], {"a": b"x"}],
+    "bool": [1, 0, "true", b"1", 1.0, [True], {"a": True}],
     "tuple[str, ...]": ["a", b"a", 1, {"a": 1}, [1], ["a", 2], [b"a"], [None], [True], [["a"]]],
 }
 
@@ -520,9 +548,9 @@ def test_invalid_job_id(cls: type[Any], job_id: str) -> None:
         dataclasses.replace(_sample(cls), job_id=job_id)
 
 
-def test_every_message_but_presence_has_a_job_id() -> None:
+def test_every_message_but_presence_queries_and_pings_has_a_job_id() -> None:
     """The job-id checks above reach every message class that carries a job."""
-    assert set(wire._TAGS) - set(_WITH_JOB_ID) == {m.NodeHeartbeat}
+    assert set(wire._TAGS) - set(_WITH_JOB_ID) == {m.NodeHeartbeat, m.QueryAnswered, m.Ping, m.Pong}
 
 
 _NAME_FIELDS = [
@@ -595,6 +623,34 @@ def test_unknown_state(cls: type[Any], state: str) -> None:
     """A state outside STATES is rejected."""
     raw = _raw(_sample(cls)) | {"state": state}
     _rejects(_pack(raw), wire.tag_of(cls), "unknown state")
+
+
+_STATUS_CLASSES = [m.JobStateChanged, m.ReplayFinished]
+
+
+@pytest.mark.parametrize("exit_code", [-1, 256, -(2**63), 2**64 - 1])
+@pytest.mark.parametrize("cls", _STATUS_CLASSES)
+def test_exit_code_out_of_range(cls: type[Any], exit_code: int) -> None:
+    """An exit code outside 0..255 is rejected when decoding, naming the range."""
+    raw = _raw(_sample(cls)) | {"exit_code": exit_code}
+    _rejects(_pack(raw), wire.tag_of(cls), f"exit code {exit_code} out of range 0..255")
+
+
+@pytest.mark.parametrize("signal", [0, -1, 128, 2**64 - 1])
+@pytest.mark.parametrize("cls", _STATUS_CLASSES)
+def test_signal_out_of_range(cls: type[Any], signal: int) -> None:
+    """A signal outside 1..127 is rejected when decoding, naming the range."""
+    raw = _raw(_sample(cls)) | {"signal": signal}
+    _rejects(_pack(raw), wire.tag_of(cls), f"signal {signal} out of range 1..127")
+
+
+@pytest.mark.parametrize(("exit_code", "signal"), [(0, 1), (255, 127), (None, None)])
+@pytest.mark.parametrize("cls", _STATUS_CLASSES)
+def test_status_bounds_decode(cls: type[Any], exit_code: int | None, signal: int | None) -> None:
+    """Exit codes 0 and 255, signals 1 and 127, and None all decode."""
+    raw = _raw(_sample(cls)) | {"exit_code": exit_code, "signal": signal}
+    decoded = wire.decode(_pack(raw))
+    assert (decoded.exit_code, decoded.signal) == (exit_code, signal)
 
 
 @pytest.mark.parametrize(("rows", "cols"), [(0, 80), (24, 0), (1001, 80), (24, 1001), (-1, -1)])
@@ -689,38 +745,80 @@ def test_random_field_values() -> None:
         _decodes_or_rejects(_pack(raw))
 
 
-# --- known bugs: strict xfails, so a fix turns them into failures to un-mark -------------------
+# --- encode checks what decode checks ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG wire.py:85: `version != WIRE_VERSION` lets True and 1.0 through (True == 1 == 1.0)",
-)
-@pytest.mark.parametrize("version", [True, 1.0])
-def test_version_must_be_the_integer(version: object) -> None:
-    """A version of the wrong type (true, 1.0) is rejected like any other wrong version."""
-    raw = _raw(_sample(m.OutputChunk)) | {"v": version}
-    _rejects(_pack(raw), "unsupported wire version")
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG wire.py:63-75: encode does not check what decode checks, so a sender can "
-    "emit a message every receiver dead-letters",
-)
 @pytest.mark.parametrize(
-    "msg",
+    ("msg", "problem"),
     [
-        m.JobStateChanged(JOB, "n", "exited", 0, NAN),
-        m.StartJob(JOB, "u", "any", "o", b"", 1.0, deadline=INF),
-        m.JobStateChanged(JOB, "n", "exited", 0, 1.0, detail="x" * (wire.MAX_STR + 1)),
-        m.NodeHeartbeat("n", 1.0, "v", "p", ("t",) * (wire.MAX_ITEMS + 1)),
+        (m.JobStateChanged(JOB, "n", "exited", 0, NAN), "job_state.at: expected a finite number"),
+        (m.JobStateChanged(JOB, "n", "exited", 0, -INF), "job_state.at: expected a finite"),
+        (
+            m.StartJob(JOB, "u", "any", "o", b"", 1.0, deadline=INF),
+            "start_job.deadline: expected a finite number",
+        ),
+        (
+            m.JobStateChanged(JOB, "n", "exited", 0, 1.0, detail="x" * (wire.MAX_STR + 1)),
+            f"job_state.detail: text of {wire.MAX_STR + 1} UTF-8 bytes, over the {wire.MAX_STR}",
+        ),
+        (
+            m.NodeHeartbeat("n", 1.0, "v", "p", ("t",) * (wire.MAX_ITEMS + 1)),
+            f"presence.tags: {wire.MAX_ITEMS + 1} items, over the {wire.MAX_ITEMS} limit",
+        ),
     ],
-    ids=["nan", "inf", "long-string", "long-tuple"],
+    ids=["nan", "-inf", "inf", "long-string", "long-tuple"],
 )
-def test_encode_refuses_what_decode_rejects(msg: object) -> None:
-    """What encode produces always decodes: it refuses non-finite floats and oversize fields."""
-    with pytest.raises(ProtocolError):
+def test_encode_refuses_what_decode_rejects(msg: object, problem: str) -> None:
+    """Encode refuses non-finite floats and oversize fields, naming tag and field."""
+    with pytest.raises(ProtocolError) as info:
+        wire.encode(msg)
+    assert problem in str(info.value)
+
+
+def test_encode_accepts_fields_at_their_caps() -> None:
+    """A string of MAX_STR characters and a tuple of MAX_ITEMS items still encode and decode."""
+    msg = m.JobStateChanged(JOB, "n", "exited", 0, 1.0, detail="x" * wire.MAX_STR)
+    assert wire.decode(wire.encode(msg)) == msg
+    beat = m.NodeHeartbeat("n", 1.0, "v", "p", ("t",) * wire.MAX_ITEMS)
+    assert wire.decode(wire.encode(beat)) == beat
+
+
+def test_encode_refuses_text_over_the_byte_cap() -> None:
+    """Text under MAX_STR characters but over MAX_STR UTF-8 bytes is refused by encode too."""
+    msg = m.JobStateChanged(JOB, "n", "exited", 0, 1.0, detail="é" * (wire.MAX_STR // 2 + 1))
+    with pytest.raises(ProtocolError, match=f"{wire.MAX_STR + 2} UTF-8 bytes, over the"):
+        wire.encode(msg)
+
+
+def test_encode_accepts_non_ascii_text_at_the_byte_cap() -> None:
+    """Text of exactly MAX_STR UTF-8 bytes is sent, and every receiver takes it."""
+    msg = m.JobStateChanged(JOB, "n", "exited", 0, 1.0, detail="é" * (wire.MAX_STR // 2))
+    assert wire.decode(wire.encode(msg)) == msg
+
+
+def test_encode_refuses_a_long_text_with_a_lone_surrogate() -> None:
+    """A lone surrogate (which UTF-8 cannot carry) in a long text is a ProtocolError."""
+    msg = m.JobStateChanged(JOB, "n", "exited", 0, 1.0, detail="x" * 20_000 + chr(0xD800))
+    with pytest.raises(ProtocolError, match=r"job_state\.detail: text is not valid Unicode"):
+        wire.encode(msg)
+
+
+@pytest.mark.parametrize("value", [2**64, 10**30])
+def test_encode_refuses_integers_outside_64_bits(value: int) -> None:
+    """An integer msgpack cannot carry is a ProtocolError naming the field, not an overflow."""
+    beat = m.NodeHeartbeat("n", 1.0, "v", "p", (), running=value)
+    with pytest.raises(ProtocolError, match=r"presence\.running: integer out of the 64-bit range"):
+        wire.encode(beat)
+
+
+# --- regressions: each of these once failed ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text", [chr(0xD800), "x" + chr(0xDFFF), "a" * 16_383 + chr(0xDC00)], ids=["1", "2", "16384"]
+)
+def test_encode_refuses_a_short_text_with_a_lone_surrogate(text: str) -> None:
+    """A lone surrogate in a short text is a ProtocolError too, like in a long one."""
+    msg = m.JobStateChanged(JOB, "n", "exited", 0, 1.0, detail=text)
+    with pytest.raises(ProtocolError, match=r"job_state\.detail: text is not valid Unicode"):
         wire.encode(msg)
