@@ -33,7 +33,9 @@ def test_max_parallel_two_holds_six_jobs_in_fifo_order(fleet: Fleet, tmp_path: P
                 job_id = new_job_id()
                 ids.append((job_id, await client.watch(job_id)))
                 # staggered lengths free one slot at a time, so start order is observable
-                cmd = f"echo start {n} >> {trace}; sleep {0.3 + 0.15 * n}; echo end {n} >> {trace}"
+                cmd = (
+                    f"echo start {n} >> {trace}; sleep {0.3 + 0.4 * n:.1f}; echo end {n} >> {trace}"
+                )
                 await client.submit(JobSpec((cmd,)), "node:edge-1", job_id=job_id)
             for job_id, watch in ids:
                 _, final = await follow_to_end(client, watch, job_id)
@@ -44,7 +46,8 @@ def test_max_parallel_two_holds_six_jobs_in_fifo_order(fleet: Fleet, tmp_path: P
         (kind, int(n)) for kind, n in (line.split() for line in trace.read_text().splitlines())
     ]
     starts = [n for kind, n in events if kind == "start"]
-    assert starts == [0, 1, 2, 3, 4, 5]
+    assert set(starts[:2]) == {0, 1}  # the first two start together; their shells may race
+    assert starts[2:] == [2, 3, 4, 5]
     assert _overlap(events) == 2
 
 
