@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: help install services lint unit integration test demo clean
+.PHONY: help install services lint unit integration reliability test demo bench clean
 
 help: ## list the targets (the default)
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-12s %s\n", $$1, $$2 }' \
@@ -46,12 +46,34 @@ unit: install ## unit tests (no network)
 integration: install services ## integration and e2e tests (real services, real terminals)
 	$(BIN)/pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
-test: install services ## lint, then every test under tests/ (what CI runs)
+reliability: install services ## failures injected on a real 3-node RabbitMQ cluster; prints the table
+	@rm -f bench-results/reliability.jsonl
+	$(BIN)/pytest -q tests/reliability $(PYTEST_ARGS); status=$$?; \
+		echo; echo "== reliability"; $(BIN)/python -m tests.reliability.results; exit $$status
+
+test: install services ## lint, every unit/integration/e2e test, then the reliability suite (what CI runs)
 	$(MAKE) --no-print-directory lint
-	$(BIN)/pytest -q tests $(PYTEST_ARGS)
+	$(BIN)/pytest -q tests --ignore=tests/reliability --ignore=tests/bench $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory reliability
 
 demo: install services ## run the demo (scripts/demo.py)
 	$(BIN)/python scripts/demo.py
+
+# Benchmarks (tests/bench/run.py): `make bench`, `make bench BENCH_QUICK=1` (smoke counts),
+# `make bench BENCH_ONLY=1,2` (some measurements). Prints one table; writes bench-results/.
+BENCH_QUICK ?=
+BENCH_ONLY ?=
+BENCH_STAMP := $(VENV)/.runlet-bench-installed
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install -e '.[dev,bench]'
+	@touch $@
+
+bench: install services $(BENCH_STAMP) ## benchmarks against the anchors (BENCH_QUICK=1: a smoke run)
+	@test -x /usr/sbin/sshd || { echo "installing openssh-server (the ssh -tt baseline)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server; }
+	$(BIN)/python -m tests.bench.run $(if $(filter-out 0,$(BENCH_QUICK)),--quick) \
+		$(if $(BENCH_ONLY),--only $(BENCH_ONLY))
 
 clean: ## remove .venv, tool caches, build output and .demo/
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo build dist *.egg-info

@@ -20,6 +20,7 @@ from runlet.local import (
     ChildDied,
     CloseJobQueues,
     Delivered,
+    LogFailed,
     OpenJobQueues,
     OpenLog,
     Publish,
@@ -63,6 +64,7 @@ class JobQueue(Actor):
         self.journal_path = settings.data_dir / "journal.sqlite3"
         self.journal: Journal | None = None
         self.starting: set[str] = set()  # sessions asked for and not yet reported
+        self.log_problems: dict[str, str] = {}  # jobs whose log is incomplete, and why
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -114,6 +116,8 @@ class JobQueue(Actor):
             case SessionEnded():
                 self.starting.discard(message.job_id)
                 self._ended(message)
+            case LogFailed(job_id=job_id, seq=seq, reason=reason):
+                self.log_problems[job_id] = f"its log is incomplete from chunk {seq}: {reason}"
             case ("heartbeat",):
                 self._heartbeat()
             case ChildDied(name=name, error=error) if name.startswith("pty:"):
@@ -220,7 +224,10 @@ class JobQueue(Actor):
             code = 255
         if sig is not None and not 1 <= sig <= 127:
             sig = 127
-        self._finish(ended.job_id, ended.how, exit_code=code, signal=sig, detail=ended.detail)
+        detail = ended.detail
+        if (problem := self.log_problems.pop(ended.job_id, None)) is not None:
+            detail = f"{detail}; {problem}" if detail else problem
+        self._finish(ended.job_id, ended.how, exit_code=code, signal=sig, detail=detail)
         self.log.info("job_finished", job=ended.job_id, state=ended.how, exit_code=code, signal=sig)
 
     def _session_crashed(self, job_id: str, error: str) -> None:

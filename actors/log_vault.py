@@ -23,6 +23,7 @@ from runlet.config import StorageConfig
 from runlet.errors import RunletError, StorageError
 from runlet.local import (
     CheckpointTick,
+    LogFailed,
     OpenLog,
     OutputProduced,
     OutputStored,
@@ -46,6 +47,7 @@ class LogVault(Actor):
         self.folder: Path = ctx.settings.data_dir / "vault"
         self.fleet_key = ctx.services["fleet_key"]
         self.writers: dict[str, LogWriter] = {}
+        self.broken: dict[str, str] = {}  # jobs whose log could not be written, and why
         self.storage: StorageConfig | None = getattr(ctx.settings, "storage", None)
         self.max_bytes: int = getattr(getattr(ctx.settings, "vault", None), "max_bytes", 0)
         self.store: Any = None  # runlet.blobstore.BlobStore once opened (imported lazily)
@@ -135,11 +137,8 @@ class LogVault(Actor):
     def _append(self, out: OutputProduced) -> None:
         key = self.fleet_key.job_key(out.job_id)
         flags, sealed = seal_output(key, out.seq, out.at, out.data, final=out.final)
-        try:
-            writer = self._writer(out.job_id)
-            writer.append(Record(out.seq, flags, sealed))
-        except (StorageError, ValueError) as exc:
-            self.log.error("log_append_failed", job=out.job_id, seq=out.seq, error=str(exc))
+        if out.job_id not in self.broken:
+            self._store(out, flags, sealed)
         chunk = OutputChunk(out.job_id, out.seq, flags, sealed)
         self.ctx.router.publish(
             Publish(
@@ -152,6 +151,20 @@ class LogVault(Actor):
         if out.final and out.job_id in self.writers:
             self.writers.pop(out.job_id).close()
             self._enqueue(out.job_id)
+        if out.final:
+            self.broken.pop(out.job_id, None)
+
+    def _store(self, out: OutputProduced, flags: int, sealed: bytes) -> None:
+        """Append to the log; on failure the log stays valid but ends there, and we say so."""
+        try:
+            writer = self._writer(out.job_id)
+            writer.append(Record(out.seq, flags, sealed))
+        except (StorageError, ValueError) as exc:
+            self.broken[out.job_id] = str(exc)
+            self.log.error("log_append_failed", job=out.job_id, seq=out.seq, error=str(exc))
+            self.ctx.router.tell("job_queue", LogFailed(out.job_id, out.seq, str(exc)))
+            if out.job_id in self.writers:
+                self.writers.pop(out.job_id).close()
 
     def _replay(self, ask: Replay) -> None:
         next_seq = ask.from_seq

@@ -223,3 +223,12 @@ class UploadDone:
     final: bool
     digest: str | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogFailed:
+    """A job's log could not be written (disk full, I/O error): it is incomplete from `seq`."""
+
+    job_id: str
+    seq: int
+    reason: str
