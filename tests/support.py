@@ -244,8 +244,8 @@ async def follow_to_end(
             try:
                 msg = await asyncio.wait_for(watch.inbox.get(), 1.0)
             except TimeoutError:
-                if final is not None:  # the end is known but output is missing: ask for it
-                    await client.request_replay(job_id, watch, reasm.next_seq)
+                # a stall: ask the node for what we miss (duplicates are dropped by seq)
+                await client.request_replay(job_id, watch, reasm.next_seq)
                 continue
             match msg:
                 case OutputChunk(job_id=jid) if jid == job_id:
