@@ -236,6 +236,8 @@ class Ledger(Actor):
                 rows = [asdict(job) for job in jobs]
         except DatabaseUnavailable as exc:
             return QueryAnswered(False, error=f"the ledger database is unavailable: {exc}")
+        except ValueError as exc:
+            return QueryAnswered(False, error=f"bad query: {exc}")
         body = msgpack.packb(rows, use_bin_type=True, default=_plain)
         if len(body) > wire.MAX_MESSAGE - 4096:
             return QueryAnswered(False, error="answer too large: ask with --limit")

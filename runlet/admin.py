@@ -7,10 +7,12 @@ only `runlet.NAME` and `runlet.NAME.*`, then prints a ready config for that user
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from runlet.accounts import Account, BrokerAdmin
+from runlet.addresses import valid_name
 from runlet.config import Config, ServerConfig
 
 if TYPE_CHECKING:
@@ -22,7 +24,7 @@ def _admin(config: Config) -> BrokerAdmin:
     server = _server(config)
     password = "guest"  # noqa: S105 - RabbitMQ's development default, documented
     if server.management_password_file is not None:
-        password = server.management_password_file.read_text().strip()
+        password = _secret(server.management_password_file, "server.management_password_file")
     return BrokerAdmin(server.management_url, server.management_user, password)
 
 
@@ -43,7 +45,9 @@ async def _ledger(config: Config) -> Ledger:
     dsn = server.database_url
     if server.database_password_file is not None:
         parts = urlsplit(dsn)
-        secret = quote(server.database_password_file.read_text().strip())
+        secret = quote(
+            _secret(server.database_password_file, "server.database_password_file"), safe=""
+        )
         netloc = f"{quote(parts.username or 'postgres')}:{secret}@{parts.hostname}"
         netloc += f":{parts.port}" if parts.port else ""
         dsn = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
@@ -87,12 +91,22 @@ async def list_users(config: Config) -> list[tuple[str, bool]]:
     return [(name, name in on_broker) for name in sorted(in_ledger | on_broker)]
 
 
+def _secret(path: Path, key: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc}") from None
+
+
 def device_config(config: Config, account: Account, node: str = "CHANGE-ME") -> str:
     """A ready daemon config for the new user's devices."""
+    for what, name in (("node", node), ("user", account.name)):
+        if not valid_name(name):
+            raise ValueError(f"invalid {what} name {name[:80]!r}")
     parts = urlsplit(config.broker.urls[0])
-    host = parts.hostname or "127.0.0.1"
-    port = f":{parts.port}" if parts.port else ""
-    url = f"{parts.scheme}://{quote(account.broker_user)}:{quote(account.password)}@{host}{port}/"
+    hostport = parts.netloc.rpartition("@")[2] or "127.0.0.1"  # keeps [IPv6] brackets and port
+    user, secret = quote(account.broker_user, safe=""), quote(account.password, safe="")
+    url = f"{parts.scheme}://{user}:{secret}@{hostport}/"
     return (
         f"# Runlet config for user {account.name!r}: copy to each device, set node, then\n"
         "# `runlet -c THIS key init` on one device and `key export | key import` to the others.\n"

@@ -74,7 +74,7 @@ def backoff(
     attempt: int, *, base: float = 1.0, cap: float = 300.0, rng: Callable[[], float] = random.random
 ) -> float:
     """Seconds before retry number `attempt` (1, 2, …): exponential, capped, with jitter."""
-    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
+    ceiling = min(cap, base * 2.0 ** min(max(0, attempt - 1), 60))  # no overflow, ever
     return float(ceiling * (0.5 + rng() / 2))
 
 
@@ -112,6 +112,8 @@ def _logs(folder: Path) -> list[Path]:
         return [p for p in folder.iterdir() if p.name.endswith(LOG_SUFFIX) and p.is_file()]
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise StorageError(f"cannot list the vault {folder}: {exc.strerror or exc}") from exc
 
 
 def _mtime(path: Path) -> float:

@@ -328,7 +328,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(f"runlet jobs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     rows = asyncio.run(queries.ask(_config(args), query))
-    print(queries.as_json(rows) if args.json else queries.format_jobs(rows))
+    print(queries.as_json(rows) if args.json else queries.render(queries.format_jobs, rows))
     return 0
 
 
@@ -342,7 +342,7 @@ def cmd_job(args: argparse.Namespace) -> int:
         print(f"runlet job: {exc}", file=sys.stderr)
         return EXIT_USAGE
     rows = asyncio.run(queries.ask(_config(args), query))
-    print(queries.as_json(rows[0]) if args.json else queries.format_job(rows[0]))
+    print(queries.as_json(rows[0]) if args.json else queries.render(queries.format_job, rows[0]))
     return 0
 
 
@@ -351,7 +351,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     from runlet.messages import Query
 
     rows = asyncio.run(queries.ask(_config(args), Query("nodes")))
-    print(queries.as_json(rows) if args.json else queries.format_nodes(rows))
+    print(queries.as_json(rows) if args.json else queries.render(queries.format_nodes, rows))
     return 0
 
 
@@ -367,6 +367,10 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     from runlet import admin
 
     config = _config(args)
+    from runlet.addresses import valid_name
+
+    if not valid_name(args.node):
+        raise ConfigError("node", f"--node {args.node[:80]!r} is not a valid node name")
     account = asyncio.run(admin.add_user(config, _user_name(args.name), rotate=args.rotate))
     print(admin.device_config(config, account, args.node), end="")
     return 0

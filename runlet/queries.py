@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,19 +35,23 @@ class ServerUnavailable(ServiceError):
 def parse_since(text: str, now: float | None = None) -> float:
     """`10m`, `2h`, `1d` ago, an ISO date/time, or unix seconds → unix time; ValueError if bad."""
     now = time.time() if now is None else now
+    shown = text[:40] + ("..." if len(text) > 40 else "")
+    problem = f"not a time: {shown!r} (use 10m, 2h, 1d, an ISO date, or unix seconds)"
+    value: float | None = None
     if match := _SINCE.fullmatch(text.strip()):
-        return now - float(match.group(1)) * _UNITS[match.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"not a time: {text!r} (use 10m, 2h, 1d, an ISO date, or unix seconds)"
-        ) from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+        value = now - float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        try:
+            value = float(text)
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(text)
+            except ValueError:
+                raise ValueError(problem) from None
+            value = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    if not math.isfinite(value) or not 0 <= value <= now + 366 * 86400:
+        raise ValueError(problem)
+    return value
 
 
 async def ask(config: Config, query: Query) -> list[dict[str, Any]]:
@@ -87,10 +93,31 @@ async def ask(config: Config, query: Query) -> list[dict[str, Any]]:
     answer = wire.decode_as(body, QueryAnswered)
     if not answer.ok:
         raise RunletError(answer.error or "the server refused the query")
-    rows = msgpack.unpackb(answer.rows, raw=False)
+    try:
+        rows = msgpack.unpackb(
+            answer.rows,
+            raw=False,
+            max_bin_len=0,
+            max_ext_len=0,
+            max_str_len=1 << 20,
+            max_array_len=100_000,
+            max_map_len=64,
+        )
+    except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
+        raise ProtocolError("the server's answer is not valid msgpack") from exc
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ProtocolError("the server's answer is not a list of rows")
     return rows
+
+
+def render(formatter: Callable[[Any], str], rows: Any) -> str:
+    """Format server rows for people; rows of an unexpected shape are a ProtocolError."""
+    try:
+        return formatter(rows)
+    except (KeyError, TypeError, ValueError, OverflowError, IndexError, AttributeError) as exc:
+        raise ProtocolError(
+            f"the server's answer has rows of an unexpected shape ({exc!r})"
+        ) from exc
 
 
 def when(value: float | None) -> str:
