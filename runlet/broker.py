@@ -245,6 +245,10 @@ class Broker:
         self._lost = asyncio.Event()
         lost = self._lost
         conn.close_callbacks.add(lambda *_: lost.set())
+        for channel in (durable, fast):
+            # a channel the broker closes (an error answer) is as bad as a lost connection:
+            # start over on a fresh connection, which restores every queue and consumer
+            channel.close_callbacks.add(lambda *_: lost.set())
         self._connection, self._durable, self._fast = conn, durable, fast
         self._exchanges.clear()
         self.generation += 1
@@ -268,6 +272,9 @@ class Broker:
                 return
             self._ready.clear()
             log.warning("broker_connection_lost", url=self.stats.url)
+            if self._connection is not None and not self._connection.is_closed:
+                with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+                    await self._connection.close()
             await self._reconnect()
 
     async def _reconnect(self) -> None:
@@ -315,9 +322,16 @@ class Broker:
         if consumer is not None and consumer.queue is not None and consumer.tag:
             with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
                 await consumer.queue.cancel(consumer.tag)
-        if delete and self._ready.is_set():
+        if delete and self._ready.is_set() and self._connection is not None:
+            # on a channel of its own: an error answer (the queue went with its consumer)
+            # closes only that channel, never the ones every publish and consumer share
             with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
-                await self._channel(durable=True).queue_delete(name)
+                probe = await self._connection.channel(publisher_confirms=False)
+                try:
+                    await probe.queue_delete(name)
+                finally:
+                    with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+                        await probe.close()
 
     async def _declare(self, spec: QueueSpec) -> AbstractQueue:
         channel = self._channel(durable=spec.kind == "quorum")
