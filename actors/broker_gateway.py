@@ -10,6 +10,7 @@ It never opens sealed payloads and never waits on an actor.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import itertools
 import time
@@ -46,6 +47,7 @@ class BrokerGateway(Actor):
             prefetch=settings.broker.prefetch,
         )
         self._deliveries: dict[int, Incoming] = {}  # touched on the loop only
+        self._topology_lock: asyncio.Lock | None = None  # made on the loop, first use
         self._tokens = itertools.count(1)
 
     def started(self) -> None:
@@ -202,7 +204,20 @@ class BrokerGateway(Actor):
             if message.durable:
                 self.log.error("publish_failed", routing_key=message.routing_key, error=str(exc))
 
+    def _lock(self) -> asyncio.Lock:
+        # per-job queues are opened and closed strictly in the order asked: a close that
+        # overtook an open would delete a queue half-way through its declaration
+        if self._topology_lock is None:
+            self._topology_lock = asyncio.Lock()
+        return self._topology_lock
+
     async def _open_job(self, message: OpenJobQueues) -> None:
+        async with self._lock():
+            await self._declare_job(message)
+        if message.announce is not None:
+            await self._publish(message.announce)
+
+    async def _declare_job(self, message: OpenJobQueues) -> None:
         job_id = message.job_id
         suffix = f"g{self.broker.generation}"
         try:
@@ -223,13 +238,12 @@ class BrokerGateway(Actor):
         except BrokerUnavailable as exc:
             # restored on reconnect: the spec is remembered by the adapter
             self.log.warning("job_queues_deferred", job=job_id, error=str(exc))
-        if message.announce is not None:
-            await self._publish(message.announce)
 
     async def _close_job(self, job_id: str) -> None:
         prefix = addresses.job_queue(self.user, job_id, "")
-        for name in self.broker.known_queues(prefix):
-            await self.broker.forget(name, delete=True)
+        async with self._lock():
+            for name in self.broker.known_queues(prefix):
+                await self.broker.forget(name, delete=True)
 
 
 def _route_dispatch(msg: object) -> str | None:
