@@ -78,7 +78,7 @@ class Ledger(Actor):
     async def _run(self) -> None:
         from runlet.database import connect
 
-        self.db = await connect(self._dsn(), schema=self.server.database_schema, max_size=5)
+        self.db = await connect(self._dsn(), schema=self.server.database_schema, max_size=10)
         applied = await self.db.migrate()
         self.log.info("ledger_ready", migrations_applied=applied)
         next_users = 0.0
@@ -122,7 +122,7 @@ class Ledger(Actor):
             user,
             name=f"runlet-server-{user}",
             heartbeat=self.settings.broker.heartbeat,
-            prefetch=256,
+            prefetch=32,  # at most this many wait for the pool: no acquire times out
         )
         await broker.connect(wait=30)
         ledger = QueueSpec(addresses.ledger_queue(user), "quorum", addresses.LEDGER_PATTERNS)
