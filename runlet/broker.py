@@ -255,7 +255,14 @@ class Broker:
         self.generation += 1
         self.stats.connects += 1
         self.stats.url = _safe(url)
-        await self._restore()
+        try:
+            await self._restore()
+        except BaseException:
+            # half-restored (say, an exclusive queue still locked by our dead connection):
+            # close this one, or every retry would leave another connection behind
+            with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+                await conn.close()
+            raise
         self._ready.set()
         log.info("broker_connected", url=_safe(url), generation=self.generation)
 
