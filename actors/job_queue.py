@@ -120,6 +120,10 @@ class JobQueue(Actor):
                 self.log_problems[job_id] = f"its log is incomplete from chunk {seq}: {reason}"
             case ("heartbeat",):
                 self._heartbeat()
+            case ("journal_retry", str(job_id), str(state), str(target), dict(details)):
+                entry = self._journal.get(job_id)
+                if entry is not None and entry.state != state:
+                    self._change(job_id, state, target=target, **details)
             case ChildDied(name=name, error=error) if name.startswith("pty:"):
                 self.starting.discard(name.removeprefix("pty:"))
                 self._session_crashed(name.removeprefix("pty:"), error)
@@ -328,9 +332,13 @@ class JobQueue(Actor):
                 if state != "queued"
                 else self._journal.get(job_id)
             )
-        except (ValueError, StorageError) as exc:
+        except ValueError as exc:
             self.log.error("job_state_refused", job=job_id, state=state, error=str(exc))
             return None
+        except StorageError as exc:
+            return self._unjournaled(
+                job_id, state, target=target, send=send, details=details, error=str(exc)
+            )
         if entry is None:
             return None
         metrics.JOBS.labels(state=state).inc()
@@ -349,6 +357,48 @@ class JobQueue(Actor):
             addresses.state_key(job_id),
             wire.encode(event),
             message_id=f"{job_id}:{entry.state_seq}",
+            durable=True,
+            mandatory=True,
+        )
+        if send:
+            self.ctx.router.publish(publish)
+        return publish
+
+    def _unjournaled(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        target: str,
+        send: bool,
+        details: dict[str, Any],
+        error: str,
+    ) -> Publish | None:
+        """The journal cannot take the change (disk full): tell the world now, journal later.
+
+        The event carries the seq the journal will give it, so the retry's publish is the
+        same message (same id, same seq) and the ledger drops it as a duplicate.
+        """
+        entry = self._journal.get(job_id)
+        if entry is None:
+            return None
+        self.log.error("job_state_not_journaled", job=job_id, state=state, error=error)
+        self.tell_self_later(1.0, ("journal_retry", job_id, state, target, details))
+        event = JobStateChanged(
+            job_id,
+            self.node,
+            state,
+            entry.state_seq + 1,
+            self.ctx.clock(),
+            target,
+            details.get("exit_code"),
+            details.get("signal"),
+            details.get("detail"),
+        )
+        publish = Publish(
+            addresses.state_key(job_id),
+            wire.encode(event),
+            message_id=f"{job_id}:{entry.state_seq + 1}",
             durable=True,
             mandatory=True,
         )
