@@ -45,7 +45,13 @@ from runlet.errors import BrokerUnavailable, ClosedError, NoSuchTarget
 log = structlog.get_logger(__name__)
 
 Handler = Callable[["Incoming"], Awaitable[None]]
-_BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
+_BROKER_ERRORS = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: the channel closed under us
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 @dataclass(frozen=True, slots=True)
