@@ -91,18 +91,9 @@ class Ledger(Actor):
             await asyncio.sleep(SWEEP_SECONDS)
 
     def _dsn(self) -> str:
-        dsn: str = self.server.database_url
-        if self.server.database_password_file is not None:
-            from urllib.parse import quote, urlsplit, urlunsplit
+        from runlet.database import server_dsn
 
-            password = self.server.database_password_file.read_text().strip()
-            parts = urlsplit(dsn)
-            user = parts.username or "postgres"
-            host = parts.hostname or "127.0.0.1"
-            port = f":{parts.port}" if parts.port else ""
-            netloc = f"{quote(user)}:{quote(password)}@{host}{port}"
-            dsn = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-        return dsn
+        return server_dsn(self.server.database_url, self.server.database_password_file)
 
     async def _close(self) -> None:
         for broker in self.brokers.values():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 from runlet.accounts import Account, BrokerAdmin
 from runlet.addresses import valid_name
@@ -39,18 +39,10 @@ def _server(config: Config) -> ServerConfig:
 
 
 async def _ledger(config: Config) -> Ledger:
-    from runlet.database import connect
+    from runlet.database import connect, server_dsn
 
     server = _server(config)
-    dsn = server.database_url
-    if server.database_password_file is not None:
-        parts = urlsplit(dsn)
-        secret = quote(
-            _secret(server.database_password_file, "server.database_password_file"), safe=""
-        )
-        netloc = f"{quote(parts.username or 'postgres')}:{secret}@{parts.hostname}"
-        netloc += f":{parts.port}" if parts.port else ""
-        dsn = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    dsn = server_dsn(server.database_url, server.database_password_file)
     ledger = await connect(dsn, schema=server.database_schema)
     await ledger.migrate()
     return ledger

@@ -6,8 +6,6 @@ and runs until SIGTERM/SIGINT or until the supervisor gives up on a crashing act
 
 from __future__ import annotations
 
-import signal
-import threading
 from typing import Any
 
 import structlog
@@ -20,8 +18,8 @@ from actors.pty_session import PtySession
 from runlet.aio import LoopThread
 from runlet.config import Config
 from runlet.crypto import FleetKey
-from runlet.exposition import MetricsEndpoint
 from runlet.local import StartSession
+from runlet.roles import Role, run_in_foreground
 from runlet.runtime import Context, Router, start_supervisor, supervise
 
 log = structlog.get_logger(__name__)
@@ -31,20 +29,21 @@ def _session(ctx: Context, name: str, start: StartSession) -> Any:
     return PtySession.start(ctx, name, start)
 
 
-class Daemon:
+class Daemon(Role):
     """A running daemon: `start()`, then `wait()` or `stop()`."""
 
+    name = "daemon"
+
     def __init__(self, config: Config, fleet_key: FleetKey | None = None) -> None:
-        self.config = config
         key = fleet_key if fleet_key is not None else FleetKey.load(config.key_file)
-        self.loop = LoopThread(f"runlet-aio-{config.node}")
-        self.ctx = Context(
+        loop = LoopThread(f"runlet-aio-{config.node}")
+        ctx = Context(
             router=Router(),
-            loop=self.loop,
+            loop=loop,
             settings=config,
             services={"fleet_key": key, "session_factory": _session},
         )
-        self.metrics = MetricsEndpoint(config.metrics)
+        super().__init__(config, ctx, loop)
 
     def start(self) -> None:
         ctx = self.ctx
@@ -64,33 +63,7 @@ class Daemon:
             max_parallel=config.jobs.max_parallel,
         )
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the daemon is asked to stop; True if it was."""
-        return self.ctx.stopping.wait(timeout)
-
-    def stop(self) -> int:
-        """Stop every actor, then the loop; returns the process exit status."""
-        self.ctx.stopping.set()
-        self.ctx.router.stop_all()
-        self.loop.close()
-        self.metrics.stop()
-        log.info("daemon_stopped", node=self.config.node)
-        return self.ctx.exit_code[0] if self.ctx.exit_code else 0
-
 
 def run_daemon(config: Config) -> int:
     """Run the daemon in the foreground until a signal; returns the exit status."""
-    daemon = Daemon(config)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("daemon_signal_received", signal=signal.Signals(signum).name)
-        stop.set()
-        daemon.ctx.stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    daemon.start()
-    while not daemon.wait(0.5):
-        pass
-    return daemon.stop()
+    return run_in_foreground(Daemon(config))

@@ -46,9 +46,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from importlib.resources.abc import Traversable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
 import structlog
@@ -57,6 +58,7 @@ from runlet.addresses import valid_job_id, valid_name
 from runlet.errors import (
     EXIT_SOFTWARE,
     ClosedError,
+    ConfigError,
     DatabaseUnavailable,
     ProtocolError,
     RunletError,
@@ -675,3 +677,22 @@ SELECT name, platform, version, tags, last_seen, running, queued, online
 FROM nodes WHERE user_name = $1 ORDER BY name"""
 
 _ADD_USER = "INSERT INTO users (name) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true"
+
+
+def server_dsn(url: str, password_file: Path | None) -> str:
+    """The DSN of `[server] database_url`, with the password from its file put in.
+
+    A file that cannot be read is a ConfigError naming `server.database_password_file`.
+    """
+    if password_file is None:
+        return url
+    try:
+        password = password_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            "server.database_password_file", f"cannot read {password_file}: {exc}"
+        ) from None
+    parts = urlsplit(url)
+    netloc = f"{quote(parts.username or 'postgres', safe='')}:{quote(password, safe='')}@"
+    netloc += parts.netloc.rpartition("@")[2] or "127.0.0.1"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
