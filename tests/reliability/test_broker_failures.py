@@ -891,7 +891,7 @@ def test_an_error_answer_during_a_reconnect_does_not_end_it(
                 _delete_cluster_resources(user)
     recovered = outcome.get("recovered")
     record(
-        "bug: error answer during a reconnect",
+        "error answer during a reconnect",
         "3 exclusive queues restored over a slow link; another task's declare refused meanwhile",
         lost=0,
         duplicated=0,
@@ -952,7 +952,7 @@ def test_a_job_that_starts_during_a_reconnect_announces_running(
 
         run(scenario(), timeout=75)
     record(
-        "bug: state changes while a daemon reconnects",
+        "state changes while a daemon reconnects",
         "1 job starting while its daemon is cut off from the broker",
         lost=0 if "running" in seen else 1,
         duplicated=0,
@@ -1001,7 +1001,7 @@ def test_an_any_job_whose_ack_is_lost_runs_once(
         run(scenario(), timeout=75)
     runs = outcome["runs"]
     record(
-        "bug: any job after a lost ack",
+        "known limit: any job after a lost ack",
         "1 `any` job journaled by edge-a, its ack cut off, edge-b online",
         lost=0 if runs else 1,
         duplicated=max(0, runs - 1),
