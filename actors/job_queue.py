@@ -353,16 +353,7 @@ class JobQueue(Actor):
             entry.signal,
             entry.detail,
         )
-        publish = Publish(
-            addresses.state_key(job_id),
-            wire.encode(event),
-            message_id=f"{job_id}:{entry.state_seq}",
-            durable=True,
-            mandatory=True,
-        )
-        if send:
-            self.ctx.router.publish(publish)
-        return publish
+        return self._state_message(event, send=send)
 
     def _unjournaled(
         self,
@@ -395,10 +386,14 @@ class JobQueue(Actor):
             details.get("signal"),
             details.get("detail"),
         )
+        return self._state_message(event, send=send)
+
+    def _state_message(self, event: JobStateChanged, *, send: bool) -> Publish:
+        """The durable publish of a state change (sent now unless the caller sends it later)."""
         publish = Publish(
-            addresses.state_key(job_id),
+            addresses.state_key(event.job_id),
             wire.encode(event),
-            message_id=f"{job_id}:{entry.state_seq + 1}",
+            message_id=f"{event.job_id}:{event.seq}",
             durable=True,
             mandatory=True,
         )
