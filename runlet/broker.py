@@ -74,7 +74,6 @@ class Statistics:
     reconnects: int = 0
     publish_retries: int = 0
     returned: int = 0
-    restored: int = 0
     url: str = ""
 
 
@@ -278,7 +277,6 @@ class Broker:
             await self._declare(spec)
         for consumer in list(self._topology.consumers.values()):
             await self._start_consumer(consumer)
-        self.stats.restored = len(self._topology.queues)
 
     async def _supervise(self) -> None:
         while not self._closed:

@@ -29,7 +29,6 @@ from runlet.messages import (
     InputSent,
     JobStateChanged,
     OutputChunk,
-    ReplayFinished,
     ReplayRequested,
     StartJob,
     parse_target,
@@ -277,7 +276,3 @@ class Reassembler:
 
     def gap_age(self) -> float:
         return 0.0 if self.gap_since is None else time.monotonic() - self.gap_since
-
-
-def is_reply_for(msg: object, job_id: str) -> bool:
-    return isinstance(msg, ReplayFinished) and msg.job_id == job_id

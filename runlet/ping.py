@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from runlet import addresses, wire
 from runlet.broker import Incoming, QueueSpec
-from runlet.client import Client, Reassembler
+from runlet.client import Client, Reassembler, Watch
 from runlet.errors import NoSuchTarget
 from runlet.messages import JobStateChanged, OutputChunk, Ping, Pong
 from runlet.payloads import Control, JobSpec
@@ -155,8 +155,8 @@ async def ping_pty(
     return stats
 
 
-async def _until_running(watch: object, job_id: str, timeout: float) -> None:
-    inbox: asyncio.Queue[object] = watch.inbox  # type: ignore[attr-defined]
+async def _until_running(watch: Watch, job_id: str, timeout: float) -> None:
+    inbox = watch.inbox
     async with asyncio.timeout(timeout):
         while True:
             msg = await inbox.get()
@@ -168,7 +168,7 @@ async def _until_running(watch: object, job_id: str, timeout: float) -> None:
 
 
 async def _wait_echo(
-    watch: object,
+    watch: Watch,
     reasm: Reassembler,
     seen: bytearray,
     *,
@@ -176,7 +176,7 @@ async def _wait_echo(
     started: float,
     timeout: float,
 ) -> float | None:
-    inbox: asyncio.Queue[object] = watch.inbox  # type: ignore[attr-defined]
+    inbox = watch.inbox
     end = started + timeout
     while len(seen) <= before:
         left = end - time.perf_counter()

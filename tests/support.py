@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from runlet import addresses
 from runlet.broker import Broker
 from runlet.config import Config, load_config
@@ -33,6 +36,17 @@ T = TypeVar("T")
 BROKER_URL = os.environ.get("RUNLET_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672/")
 MANAGEMENT_URL = os.environ.get("RUNLET_TEST_MANAGEMENT", "http://127.0.0.1:15672")
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def broker_is_up() -> None:
+    """Fail (never skip) the whole run when RabbitMQ is not reachable."""
+    host_port = BROKER_URL.split("@", 1)[-1].split("/", 1)[0]
+    host, _, port = host_port.partition(":")
+    try:
+        socket.create_connection((host, int(port or 5672)), timeout=5).close()
+    except OSError as exc:
+        pytest.fail(f"RabbitMQ is not reachable at {host_port} ({exc}); run `make services`")
 
 
 def unique_user(prefix: str = "t") -> str:

@@ -10,7 +10,6 @@ is closed (force) when it ends; the daemons are stopped by the `fleet` fixture.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pexpect
 import pyte
 import pytest
 
-from tests.support import BROKER_URL, REPO, Fleet
+from tests.support import REPO, Fleet, broker_is_up  # noqa: F401 - autouse, fails without a broker
 
 TERM = "xterm-256color"
 DECCKM = 1 << 5  # pyte keeps private mode N as N << 5; mode 1 is the cursor keys' mode
@@ -180,17 +179,6 @@ class Terminals:
     def close(self) -> None:
         for term in self.opened:
             term.close()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _broker_is_up() -> None:
-    """Fail (never skip) the whole run when RabbitMQ is not reachable."""
-    host_port = BROKER_URL.split("@", 1)[-1].split("/", 1)[0]
-    host, _, port = host_port.partition(":")
-    try:
-        socket.create_connection((host, int(port or 5672)), timeout=5).close()
-    except OSError as exc:
-        pytest.fail(f"RabbitMQ is not reachable at {host_port} ({exc}); run `make services`")
 
 
 @pytest.fixture

@@ -30,3 +30,38 @@ def test_prompt_answered_from_another_device(fleet: Fleet) -> None:
             assert final.node == "edge-2"
 
     run(scenario())
+
+
+def test_ping_reaches_the_daemon_and_a_pty_echo(fleet: Fleet) -> None:
+    """`runlet ping`: pongs come back from the daemon, keystrokes echo back through a PTY."""
+    from runlet import ping
+    from runlet.errors import NoSuchTarget
+
+    fleet.start_daemon("edge-2")
+    seen: list[tuple[int, float | None]] = []
+
+    async def scenario() -> None:
+        async with Client(fleet.client_config("edge-1"), fleet.key) as client:
+            plain = await ping.ping_daemon(
+                client,
+                "edge-2",
+                count=5,
+                interval=0.0,
+                timeout=5.0,
+                report=lambda seq, t: seen.append((seq, t)),
+            )
+            echo = await ping.ping_pty(
+                client, "edge-2", count=5, interval=0.0, timeout=5.0, report=lambda s, t: None
+            )
+            assert (plain.sent, plain.received, echo.sent, echo.received) == (5, 5, 5, 5)
+            assert all(t > 0 for t in plain.times + echo.times)
+            try:
+                await ping.ping_daemon(
+                    client, "nowhere", count=1, interval=0.0, timeout=1.0, report=lambda s, t: None
+                )
+            except NoSuchTarget:
+                return
+            raise AssertionError("pinging an unknown node must fail at once")
+
+    run(scenario())
+    assert [seq for seq, _ in seen] == [1, 2, 3, 4, 5]
