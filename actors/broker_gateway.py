@@ -5,6 +5,11 @@ It consumes the node's queues, decodes every delivery strictly and hands it, wra
 dead-letter it. Anything undecodable, of the wrong type for its queue, or addressed to a job
 the queue is not for, is dead-lettered here and counted: no actor ever sees it.
 
+It keeps each job's messages in the order they happened: the job's queue operations and
+state changes leave one after the other (each once the one before it is confirmed), and its
+output only once `running` has left, so every watcher and the ledger see `queued` → `running`
+→ the end, and `running` before the first output.
+
 It never opens sealed payloads and never waits on an actor.
 """
 
@@ -14,7 +19,8 @@ import asyncio
 import concurrent.futures
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from runlet import addresses, metrics, wire
 from runlet.broker import Broker, Handler, Incoming, QueueSpec
@@ -27,6 +33,15 @@ JOB_QUEUE = "job_queue"
 DURABLE_PUBLISH_WINDOW = 3600.0  # seconds a state change is retried before it is given up
 
 Route = Callable[[object], str | None]
+
+
+@dataclass
+class _Lane:
+    """One job's order on the loop: the last of its operations, and whether output may leave."""
+
+    tail: asyncio.Future[None] | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)  # `running` has left (or the end)
+    open: bool = False  # between its OpenJobQueues and its CloseJobQueues
 
 
 class BrokerGateway(Actor):
@@ -48,6 +63,7 @@ class BrokerGateway(Actor):
         )
         self._deliveries: dict[int, Incoming] = {}  # touched on the loop only
         self._topology_lock: asyncio.Lock | None = None  # made on the loop, first use
+        self._lanes: dict[str, _Lane] = {}  # touched on the loop only
         self._tokens = itertools.count(1)
 
     def started(self) -> None:
@@ -62,14 +78,24 @@ class BrokerGateway(Actor):
 
     def handle(self, message: object) -> None:
         match message:
+            case Publish(job_id=job_id, after_start=True) if job_id:
+                self.ctx.loop.submit(self._publish_output(message), self._log_failure)
+            case Publish(job_id=job_id) if job_id:
+                self.ctx.loop.submit(
+                    self._in_order(job_id, self._publish(message)), self._log_failure
+                )
             case Publish():
                 self.ctx.loop.submit(self._publish(message), self._log_failure)
             case Settle(token=token, ok=ok, reason=reason):
                 self.ctx.loop.call(self._settle, token, ok, reason)
-            case OpenJobQueues():
-                self.ctx.loop.submit(self._open_job(message), self._log_failure)
+            case OpenJobQueues(job_id=job_id):
+                self.ctx.loop.submit(
+                    self._in_order(job_id, self._open_job(message), opens=True), self._log_failure
+                )
             case CloseJobQueues(job_id=job_id):
-                self.ctx.loop.submit(self._close_job(job_id), self._log_failure)
+                self.ctx.loop.submit(
+                    self._in_order(job_id, self._close_job(job_id), closes=True), self._log_failure
+                )
             case ("setup_failed", str(error)):
                 raise BrokerUnavailable(error)
             case _:
@@ -211,11 +237,47 @@ class BrokerGateway(Actor):
             self._topology_lock = asyncio.Lock()
         return self._topology_lock
 
+    async def _in_order(
+        self, job_id: str, operation: Awaitable[None], *, opens: bool = False, closes: bool = False
+    ) -> None:
+        """Run one of a job's operations once the job's previous one has finished.
+
+        The lane is taken before the first await, so operations keep the order in which they
+        were submitted (the order of this actor's mailbox). A job's lane lives from its
+        OpenJobQueues to its CloseJobQueues; a lone state change (a refused job) makes a lane
+        that goes once it is idle.
+        """
+        lane = self._lanes.setdefault(job_id, _Lane())
+        if opens:
+            lane.open = True
+        previous, done = lane.tail, asyncio.get_running_loop().create_future()
+        lane.tail = done
+        try:
+            if previous is not None:
+                await previous  # it never raises: see the finally below
+            await operation
+        finally:
+            done.set_result(None)
+            if closes:
+                lane.open = False
+                lane.started.set()  # whatever output is left may go now
+            if lane.tail is done and not lane.open:
+                self._lanes.pop(job_id, None)
+
+    async def _publish_output(self, message: Publish) -> None:
+        """A job's output leaves only once its `running` has (a job without a lane: at once)."""
+        lane = self._lanes.get(message.job_id)
+        if lane is not None and not lane.started.is_set():
+            await lane.started.wait()
+        await self._publish(message)
+
     async def _open_job(self, message: OpenJobQueues) -> None:
         async with self._lock():
             await self._declare_job(message)
         if message.announce is not None:
             await self._publish(message.announce)
+        if message.input and (lane := self._lanes.get(message.job_id)) is not None:
+            lane.started.set()  # the input queue exists and `running` has left: output may go
 
     async def _declare_job(self, message: OpenJobQueues) -> None:
         job_id = message.job_id

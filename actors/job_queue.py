@@ -396,6 +396,7 @@ class JobQueue(Actor):
             message_id=f"{event.job_id}:{event.seq}",
             durable=True,
             mandatory=True,
+            job_id=event.job_id,
         )
         if send:
             self.ctx.router.publish(publish)

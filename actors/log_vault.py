@@ -145,6 +145,8 @@ class LogVault(Actor):
                 addresses.output_key(out.job_id),
                 wire.encode(chunk),
                 message_id=f"{out.job_id}:o{out.seq}",
+                job_id=out.job_id,
+                after_start=True,
             )
         )
         self.ctx.router.tell(f"pty:{out.job_id}", OutputStored(out.job_id, out.seq, len(out.data)))

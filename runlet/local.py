@@ -42,6 +42,11 @@ class Publish:
     mandatory: bool = False
     exchange: str | None = None
     correlation_id: str | None = None
+    # Order within one job (the Gateway keeps it): a publish with `job_id` is one of that job's
+    # state changes and leaves after the job's earlier ones and queue operations; with
+    # `after_start` as well, it is the job's output and is held until `running` has left.
+    job_id: str = ""
+    after_start: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ class Follower:
         self.final: JobStateChanged | None = None
         self.final_at = 0.0
         self.state = "submitted"
+        self.state_seq = -1
         self.found = not options.replay
         self.replayed_to: int | None = None
         self.running = asyncio.Event()
@@ -163,7 +164,9 @@ class Follower:
     def _state(self, event: JobStateChanged) -> None:
         if event.state == self.state:
             return
-        self.state = event.state
+        if event.seq < self.state_seq and not event.terminal:
+            return  # an older state arriving late (a retried publish): what we show stands
+        self.state, self.state_seq = event.state, max(self.state_seq, event.seq)
         if event.state == "running":
             self.running.set()
             self.say(f"job {self.job_id} running on {event.node}")
