@@ -22,12 +22,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from runlet import addresses, metrics, wire
-from runlet.broker import Broker, Handler, Incoming, QueueSpec
+from runlet import metrics
+from runlet.adapters.broker import Broker, Handler, Incoming, QueueSpec
 from runlet.errors import BrokerUnavailable, NoSuchTarget, ProtocolError, RunletError
-from runlet.local import CloseJobQueues, Delivered, OpenJobQueues, Publish, Settle
-from runlet.messages import ControlSent, InputSent, Ping, Pong, ReplayRequested, StartJob
-from runlet.runtime import Actor, Context
+from runlet.protocol import addresses, wire
+from runlet.protocol.messages import ControlSent, InputSent, Ping, Pong, ReplayRequested, StartJob
+from runlet.runtime.actor import Actor, Context
+from runlet.runtime.local_messages import CloseJobQueues, Delivered, OpenJobQueues, Publish, Settle
 
 JOB_QUEUE = "job_queue"
 DURABLE_PUBLISH_WINDOW = 3600.0  # seconds a state change is retried before it is given up

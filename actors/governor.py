@@ -11,8 +11,8 @@ import os
 from collections import deque
 
 from runlet import metrics
-from runlet.local import AdmissionTick, ReleaseSlot, RequestSlot, SlotGranted
-from runlet.runtime import Actor, Context
+from runlet.runtime.actor import Actor, Context
+from runlet.runtime.local_messages import AdmissionTick, ReleaseSlot, RequestSlot, SlotGranted
 
 JOB_QUEUE = "job_queue"
 LOAD_RECHECK_SECONDS = 2.0

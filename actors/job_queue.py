@@ -13,10 +13,20 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from runlet import __version__, addresses, metrics, wire
+from runlet import __version__, metrics
+from runlet.adapters.journal import Journal
 from runlet.errors import CryptoError, ProtocolError, StorageError
-from runlet.journal import Journal
-from runlet.local import (
+from runlet.protocol import addresses, wire
+from runlet.protocol.messages import (
+    ControlSent,
+    JobStateChanged,
+    NodeHeartbeat,
+    ReplayRequested,
+    StartJob,
+)
+from runlet.protocol.payloads import Control, JobSpec
+from runlet.runtime.actor import GATEWAY, Actor, Context, supervise
+from runlet.runtime.local_messages import (
     ChildDied,
     CloseJobQueues,
     Delivered,
@@ -36,15 +46,6 @@ from runlet.local import (
     StartSession,
     Terminate,
 )
-from runlet.messages import (
-    ControlSent,
-    JobStateChanged,
-    NodeHeartbeat,
-    ReplayRequested,
-    StartJob,
-)
-from runlet.payloads import Control, JobSpec
-from runlet.runtime import GATEWAY, Actor, Context, supervise
 
 GOVERNOR = "governor"
 VAULT = "vault"

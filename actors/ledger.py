@@ -19,13 +19,18 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-import msgpack
-
-from runlet import addresses, metrics, wire
-from runlet.broker import Broker, Incoming, QueueSpec
+from runlet import metrics
+from runlet.adapters.broker import Broker, Incoming, QueueSpec
 from runlet.errors import DatabaseUnavailable, ProtocolError, RunletError
-from runlet.messages import JobStateChanged, LogStored, NodeHeartbeat, Query, QueryAnswered
-from runlet.runtime import Actor, Context
+from runlet.protocol import addresses, wire
+from runlet.protocol.messages import (
+    JobStateChanged,
+    LogStored,
+    NodeHeartbeat,
+    Query,
+    QueryAnswered,
+)
+from runlet.runtime.actor import Actor, Context
 
 SWEEP_SECONDS = 2.0
 USERS_SECONDS = 5.0
@@ -39,7 +44,7 @@ class Ledger(Actor):
         super().__init__(ctx, name)
         self.settings = ctx.settings
         self.server = ctx.settings.server
-        self.db: Any = None  # runlet.database.Ledger once connected
+        self.db: Any = None  # runlet.adapters.ledger_db.Ledger once connected
         self.brokers: dict[str, Broker] = {}
         self.task: concurrent.futures.Future[None] | None = None
 
@@ -76,7 +81,7 @@ class Ledger(Actor):
     # -- on the loop -------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        from runlet.database import connect
+        from runlet.adapters.ledger_db import connect
 
         self.db = await connect(self._dsn(), schema=self.server.database_schema, max_size=10)
         applied = await self.db.migrate()
@@ -91,7 +96,7 @@ class Ledger(Actor):
             await asyncio.sleep(SWEEP_SECONDS)
 
     def _dsn(self) -> str:
-        from runlet.database import server_dsn
+        from runlet.adapters.ledger_db import server_dsn
 
         return server_dsn(self.server.database_url, self.server.database_password_file)
 
@@ -229,7 +234,7 @@ class Ledger(Actor):
             return QueryAnswered(False, error=f"the ledger database is unavailable: {exc}")
         except ValueError as exc:
             return QueryAnswered(False, error=f"bad query: {exc}")
-        body = msgpack.packb(rows, use_bin_type=True, default=_plain)
+        body = wire.encode_rows(rows)
         if len(body) > wire.MAX_MESSAGE - 4096:
             return QueryAnswered(False, error="answer too large: ask with --limit")
         return QueryAnswered(True, rows=body)
@@ -250,9 +255,3 @@ class Ledger(Actor):
                 metrics.NODES_ONLINE.labels(user=user).set(online)
         except DatabaseUnavailable as exc:
             self.log.warning("ledger_sweep_failed", error=str(exc))
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, tuple | frozenset | set):
-        return list(value)
-    raise TypeError(f"cannot encode {type(value).__name__}")

@@ -7,7 +7,7 @@ by a crash is finalised when the daemon comes back (`OpenLog(finalise=True)`).
 
 With a `[storage]` section, every finished log is uploaded (ciphertext only) with its hash
 and finish time; failed uploads are retried with backoff and jitter from a backlog read off
-the vault folder (`runlet.backlog`), so it survives restarts; running jobs' logs are
+the vault folder (`runlet.adapters.backlog`), so it survives restarts; running jobs' logs are
 checkpointed every `storage.checkpoint_seconds`. A log is never evicted before its upload.
 """
 
@@ -18,10 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runlet import addresses, backlog, metrics, wire
+from runlet import metrics
+from runlet.adapters import backlog
+from runlet.adapters.logfile import LogWriter, Record, read_records, seal_output
 from runlet.config import StorageConfig
 from runlet.errors import RunletError, StorageError
-from runlet.local import (
+from runlet.protocol import addresses, wire
+from runlet.protocol.messages import LogStored, OutputChunk, ReplayFinished
+from runlet.runtime.actor import Actor, Context
+from runlet.runtime.local_messages import (
     CheckpointTick,
     LogFailed,
     OpenLog,
@@ -33,9 +38,6 @@ from runlet.local import (
     UploadDone,
     UploadTick,
 )
-from runlet.logfile import LogWriter, Record, read_records, seal_output
-from runlet.messages import LogStored, OutputChunk, ReplayFinished
-from runlet.runtime import Actor, Context
 
 
 class LogVault(Actor):
@@ -50,7 +52,7 @@ class LogVault(Actor):
         self.broken: dict[str, str] = {}  # jobs whose log could not be written, and why
         self.storage: StorageConfig | None = getattr(ctx.settings, "storage", None)
         self.max_bytes: int = getattr(getattr(ctx.settings, "vault", None), "max_bytes", 0)
-        self.store: Any = None  # runlet.blobstore.BlobStore once opened (imported lazily)
+        self.store: Any = None  # runlet.adapters.blobstore.BlobStore once opened (imported lazily)
         self.store_ready = False
         self.attempts: dict[str, int] = {}  # failed uploads so far, by job
         self.due: dict[str, float] = {}  # when each backlog entry may be tried next
@@ -195,7 +197,7 @@ class LogVault(Actor):
     # -- uploads -----------------------------------------------------------------------------
 
     def _open_store(self) -> None:
-        from runlet.blobstore import BlobStore
+        from runlet.adapters.blobstore import BlobStore
 
         assert self.storage is not None
         if self.store is None:
@@ -240,7 +242,7 @@ class LogVault(Actor):
         self._upload(job_id, path, final=True)
 
     def _upload(self, job_id: str, path: Path, *, final: bool) -> None:
-        from runlet.blobstore import hash_file
+        from runlet.adapters.blobstore import hash_file
 
         self.in_flight.add(job_id)
         digest = hash_file(path) if final else None

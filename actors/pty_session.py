@@ -15,9 +15,15 @@ import signal
 import time
 from collections.abc import Callable
 
-from runlet import metrics, ptys, wire
+from runlet import metrics
+from runlet.adapters import ptys
 from runlet.errors import CryptoError, SpawnFailed
-from runlet.local import (
+from runlet.protocol import wire
+from runlet.protocol.messages import MAX_CHUNK, InputSent, StartJob
+from runlet.protocol.payloads import JobSpec, open_input
+from runlet.protocol.states import ExitStatus
+from runlet.runtime.actor import GATEWAY, SUPERVISOR, Actor, Context
+from runlet.runtime.local_messages import (
     Delivered,
     GraceExpired,
     OpenLog,
@@ -31,9 +37,6 @@ from runlet.local import (
     StartSession,
     Terminate,
 )
-from runlet.messages import MAX_CHUNK, InputSent, StartJob
-from runlet.payloads import JobSpec, open_input
-from runlet.runtime import GATEWAY, SUPERVISOR, Actor, Context
 
 JOB_QUEUE = "job_queue"
 VAULT = "vault"
@@ -124,7 +127,7 @@ class PtySession(Actor):
                 self.ended_by = "SIGKILL"
                 self.log.info("job_killed_after_grace")
                 self.pty.signal(signal.SIGKILL)
-            case ("exited", ptys.ExitStatus() as status):
+            case ("exited", ExitStatus() as status):
                 self._exited(status)
             case ("stop",):
                 self.stop()
@@ -154,7 +157,7 @@ class PtySession(Actor):
         self.pty.signal(signal.SIGTERM)
         self.tell_self_later(grace, GraceExpired(self.job_id))
 
-    def _exited(self, status: ptys.ExitStatus) -> None:
+    def _exited(self, status: ExitStatus) -> None:
         if self.done:
             return
         self.done = True
@@ -187,7 +190,7 @@ class Pump:
         pty: ptys.Pty,
         *,
         emit: Callable[[int, float, bytes, bool], None],
-        exited: Callable[[ptys.ExitStatus], None],
+        exited: Callable[[ExitStatus], None],
     ) -> None:
         self.loop = loop
         self.pty = pty

@@ -252,7 +252,7 @@ def _config(args: argparse.Namespace, *, daemon: bool = False) -> Config:
 
 
 def _fleet_key(config: Config) -> Any:
-    from runlet.crypto import FleetKey
+    from runlet.protocol.crypto import FleetKey
 
     return FleetKey.load(config.key_file)
 
@@ -263,7 +263,7 @@ def _fleet_key(config: Config) -> Any:
 def cmd_start(args: argparse.Namespace) -> int:
     config = _config(args, daemon=True)
     if config.role == "server":
-        from runlet.server import run_server
+        from runlet.roots.server import run_server
 
         return run_server(config)
     if config.role != "daemon":
@@ -272,7 +272,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             f"`runlet start` runs a daemon or a server; this config's role is {config.role!r}",
             source=config.source,
         )
-    from runlet.daemon import run_daemon
+    from runlet.roots.daemon import run_daemon
 
     return run_daemon(config)
 
@@ -281,7 +281,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runlet.commands import run_job
+    from runlet.client.commands import run_job
 
     argv = list(args.argv)
     if argv and argv[0] == "--":
@@ -304,22 +304,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    from runlet.commands import attach_job
+    from runlet.client.commands import attach_job
 
     config = _config(args)
     return asyncio.run(attach_job(config, _fleet_key(config), args))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from runlet.commands import logs_job
+    from runlet.client.commands import logs_job
 
     config = _config(args)
     return asyncio.run(logs_job(config, _fleet_key(config), args))
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from runlet import queries
-    from runlet.messages import Query
+    from runlet.client import queries
+    from runlet.protocol.messages import Query
 
     try:
         since = None if args.since is None else queries.parse_since(args.since)
@@ -333,8 +333,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    from runlet import queries
-    from runlet.messages import Query
+    from runlet.client import queries
+    from runlet.protocol.messages import Query
 
     try:
         query = Query("job", job_id=args.job_id)
@@ -347,8 +347,8 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    from runlet import queries
-    from runlet.messages import Query
+    from runlet.client import queries
+    from runlet.protocol.messages import Query
 
     rows = asyncio.run(queries.ask(_config(args), Query("nodes")))
     print(queries.as_json(rows) if args.json else queries.render(queries.format_nodes, rows))
@@ -356,7 +356,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def _user_name(name: str) -> str:
-    from runlet.addresses import valid_name
+    from runlet.protocol.addresses import valid_name
 
     if not valid_name(name):
         raise ConfigError("user", f"{name[:80]!r} is not a valid name (1-64 of A-Z a-z 0-9 _ -)")
@@ -364,10 +364,10 @@ def _user_name(name: str) -> str:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    from runlet import admin
+    from runlet.roots import admin
 
     config = _config(args)
-    from runlet.addresses import valid_name
+    from runlet.protocol.addresses import valid_name
 
     if not valid_name(args.node):
         raise ConfigError("node", f"--node {args.node[:80]!r} is not a valid node name")
@@ -377,7 +377,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
-    from runlet import admin
+    from runlet.roots import admin
 
     users = asyncio.run(admin.list_users(_config(args)))
     if args.json:
@@ -389,7 +389,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 
 def cmd_user_remove(args: argparse.Namespace) -> int:
-    from runlet import admin
+    from runlet.roots import admin
 
     removed = asyncio.run(admin.remove_user(_config(args), _user_name(args.name)))
     print(f"user {args.name} {'removed' if removed else 'was not there'}")
@@ -397,9 +397,9 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
-    from runlet import ping
-    from runlet.addresses import valid_name
-    from runlet.client import Client
+    from runlet.client import ping
+    from runlet.client.session import Client
+    from runlet.protocol.addresses import valid_name
 
     if not valid_name(args.node) or not 1 <= args.count <= 100_000 or not 0 <= args.interval <= 60:
         print(
@@ -444,14 +444,14 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from runlet.commands import send_text
+    from runlet.client.commands import send_text
 
     config = _config(args)
     return asyncio.run(send_text(config, _fleet_key(config), args.job_id, args.text))
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from runlet.commands import cancel_job
+    from runlet.client.commands import cancel_job
 
     config = _config(args)
     return asyncio.run(cancel_job(config, _fleet_key(config), args.job_id, wait=not args.no_wait))
@@ -461,7 +461,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_key_init(args: argparse.Namespace) -> int:
-    from runlet.crypto import FleetKey
+    from runlet.protocol.crypto import FleetKey
 
     config = _config(args)
     key = FleetKey.generate()
@@ -477,7 +477,7 @@ def cmd_key_export(args: argparse.Namespace) -> int:
 
 
 def cmd_key_import(args: argparse.Namespace) -> int:
-    from runlet.crypto import FleetKey
+    from runlet.protocol.crypto import FleetKey
 
     config = _config(args)
     text = sys.stdin.read(8192)
@@ -511,7 +511,7 @@ def cmd_config_keys(args: argparse.Namespace) -> int:
 
 
 def _config_dict(config: Config) -> dict[str, Any]:
-    from runlet.broker import _safe
+    from runlet.adapters.broker import _safe
 
     return {
         "role": config.role,

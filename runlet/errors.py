@@ -10,7 +10,7 @@ RunletError
 │   ├── NoSuchTarget   no node serves the requested target
 │   └── SpawnFailed    the command could not be started (the OSError is __cause__)
 ├── StorageError       a local file (journal, log, key) is unreadable, corrupt or the disk is full
-├── MigrationError     (runlet.database) a database migration was changed or is unknown
+├── MigrationError     (runlet.adapters.ledger_db) a database migration was changed or is unknown
 ├── ClosedError        used after we closed it
 └── ServiceError       an outside service failed: the only kind that is retried, with backoff
     ├── BrokerUnavailable

@@ -26,11 +26,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from runlet import addresses
-from runlet.broker import Broker
+from runlet.adapters.broker import Broker
 from runlet.config import Config, load_config
-from runlet.crypto import FleetKey
-from runlet.daemon import Daemon
+from runlet.protocol import addresses
+from runlet.protocol.crypto import FleetKey
+from runlet.roots.daemon import Daemon
 
 T = TypeVar("T")
 BROKER_URL = os.environ.get("RUNLET_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672/")
@@ -243,8 +243,8 @@ async def follow_to_end(
     client: Any, watch: Any, job_id: str, timeout: float = 30.0, start: int = 0
 ) -> tuple[bytes, Any]:
     """Collect a job's output in order until its final state and its FINAL chunk are in."""
-    from runlet.client import Reassembler
-    from runlet.messages import TERMINAL, JobStateChanged, OutputChunk, ReplayFinished
+    from runlet.client.session import Reassembler
+    from runlet.protocol.messages import TERMINAL, JobStateChanged, OutputChunk, ReplayFinished
 
     reasm = Reassembler(client.key, job_id, start)
     out = bytearray()
@@ -278,7 +278,7 @@ async def follow_to_end(
 
 async def wait_state(watch: Any, job_id: str, state: str, timeout: float = 15.0) -> Any:
     """Skip messages until `job_id` reaches `state`; returns that event."""
-    from runlet.messages import JobStateChanged
+    from runlet.protocol.messages import JobStateChanged
 
     async with asyncio.timeout(timeout):
         while True:

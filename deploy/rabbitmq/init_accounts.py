@@ -7,7 +7,7 @@ It talks to the management HTTP API as the administrator and:
   this again rotates it), with no tags: it cannot use the management UI or API;
 - grants it configure, write and read on the names `runlet.*` of vhost `/`, and nothing else.
   The server consumes every user's ledger, presence and rpc queues and answers through each
-  user's exchange, all of them named `runlet.<user>...` (see runlet/addresses.py).
+  user's exchange, all of them named `runlet.<user>...` (see runlet/protocol/addresses.py).
 
 The passwords come from files (docker secrets); the new one is sent as a salted SHA-256 hash
 (RabbitMQ's rabbit_password_hashing_sha256), and neither is ever printed.

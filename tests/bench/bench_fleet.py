@@ -23,15 +23,15 @@ from typing import Any
 
 import asyncpg
 
-from runlet import addresses, wire
-from runlet.addresses import new_job_id
-from runlet.broker import Incoming, QueueSpec
-from runlet.client import Client
+from runlet.adapters.broker import Incoming, QueueSpec
+from runlet.adapters.ledger_db import connect
+from runlet.client.session import Client
 from runlet.config import load_config
-from runlet.database import connect
-from runlet.messages import TERMINAL, JobStateChanged
-from runlet.payloads import JobSpec
-from runlet.server import Server
+from runlet.protocol import addresses, wire
+from runlet.protocol.addresses import new_job_id
+from runlet.protocol.messages import TERMINAL, JobStateChanged
+from runlet.protocol.payloads import JobSpec
+from runlet.roots.server import Server
 from tests.bench.common import DSN, Bench, vm_rss_kib
 from tests.bench.report import Figure, Row, Section
 from tests.support import DaemonProcess, Fleet, queue_info, wait_for

@@ -14,11 +14,11 @@ import asyncio
 import time
 from typing import Any
 
-from runlet.addresses import new_job_id
-from runlet.client import Client, Reassembler
-from runlet.messages import OutputChunk
-from runlet.payloads import Control, JobSpec
-from runlet.ping import ECHO_JOB
+from runlet.client.ping import ECHO_JOB
+from runlet.client.session import Client, Reassembler
+from runlet.protocol.addresses import new_job_id
+from runlet.protocol.messages import OutputChunk
+from runlet.protocol.payloads import Control, JobSpec
 from tests.bench.common import Bench, cpu_seconds, threads, vm_rss_kib, wait_state
 from tests.bench.report import Figure, Row, Section, Target
 from tests.support import Fleet

@@ -29,12 +29,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from runlet import addresses, wire
-from runlet.addresses import new_job_id
-from runlet.broker import Incoming, QueueSpec
-from runlet.client import Client
-from runlet.messages import JobStateChanged
-from runlet.payloads import JobSpec
+from runlet.adapters.broker import Incoming, QueueSpec
+from runlet.client.session import Client
+from runlet.protocol import addresses, wire
+from runlet.protocol.addresses import new_job_id
+from runlet.protocol.messages import JobStateChanged
+from runlet.protocol.payloads import JobSpec
 from tests.bench.common import (
     Bench,
     latency_summary,

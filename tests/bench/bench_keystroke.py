@@ -1,6 +1,6 @@
 """#1 Keystroke echo: one byte typed into a remote `cat`, timed until its echo is back.
 
-- Runlet: `runlet.ping.ping_pty` — client → broker → daemon (a real `runlet start` process)
+- Runlet: `runlet.client.ping.ping_pty` — client → broker → daemon (a real `runlet start` process)
   → the job's PTY → `cat` → broker → client, sealed both ways.
 - (a) the floor of any broker design: a bare two-hop aio-pika round trip through the same
   broker — publish to a queue, a consumer in another process republishes to a reply queue.
@@ -22,8 +22,8 @@ from typing import Any
 
 from ptyprocess import PtyProcess
 
-from runlet.client import Client
-from runlet.ping import ping_daemon, ping_pty
+from runlet.client.ping import ping_daemon, ping_pty
+from runlet.client.session import Client
 from tests.bench.common import Bench, latency_summary, percentile, read_marker, read_until
 from tests.bench.report import Figure, Row, Section, Target
 from tests.support import BROKER_URL, REPO

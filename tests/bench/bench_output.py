@@ -23,10 +23,10 @@ from typing import Any
 
 from ptyprocess import PtyProcess
 
-from runlet.addresses import new_job_id
-from runlet.client import Client, Reassembler
-from runlet.messages import JobStateChanged, OutputChunk
-from runlet.payloads import JobSpec
+from runlet.client.session import Client, Reassembler
+from runlet.protocol.addresses import new_job_id
+from runlet.protocol.messages import JobStateChanged, OutputChunk
+from runlet.protocol.payloads import JobSpec
 from tests.bench.common import Bench
 from tests.bench.report import Figure, Row, Section, Target
 

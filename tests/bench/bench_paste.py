@@ -17,11 +17,11 @@ from typing import Any
 
 from ptyprocess import PtyProcess
 
-from runlet.addresses import new_job_id
-from runlet.client import Client, Reassembler
-from runlet.messages import OutputChunk
-from runlet.payloads import Control, JobSpec
-from runlet.ping import ECHO_JOB
+from runlet.client.ping import ECHO_JOB
+from runlet.client.session import Client, Reassembler
+from runlet.protocol.addresses import new_job_id
+from runlet.protocol.messages import OutputChunk
+from runlet.protocol.payloads import Control, JobSpec
 from tests.bench.bench_keystroke import ECHO_COMMAND
 from tests.bench.common import Bench, read_marker, read_until, wait_state
 from tests.bench.report import Figure, Row, Section, Target

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from runlet.messages import JobStateChanged
+from runlet.protocol.messages import JobStateChanged
 from tests.bench.sshd import Sshd
 from tests.support import MANAGEMENT_URL, Fleet
 

@@ -17,10 +17,10 @@ import aiormq
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from runlet import addresses
-from runlet.accounts import Account, AccountExists, BrokerAdmin, broker_user
-from runlet.broker import Broker, Incoming, QueueSpec
+from runlet.adapters.broker import Broker, Incoming, QueueSpec
+from runlet.adapters.rabbitmq_admin import Account, AccountExists, BrokerAdmin, broker_user
 from runlet.errors import BrokerUnavailable
+from runlet.protocol import addresses
 from tests.support import (
     BROKER_URL,
     MANAGEMENT_URL,

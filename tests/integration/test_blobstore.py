@@ -1,4 +1,4 @@
-"""The blob store adapter (runlet.blobstore) and the reconciler against moto's S3 over HTTP."""
+"""The blob store adapter (adapters.blobstore) and the reconciler against moto's S3 over HTTP."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any, BinaryIO, TypeVar
 
 import pytest
 
-from runlet import blobstore
-from runlet.blobstore import (
+from runlet.adapters import blobstore
+from runlet.adapters.blobstore import (
     BlobStore,
     RemoteLog,
     hash_file,
@@ -24,11 +24,11 @@ from runlet.blobstore import (
     load_credentials,
     object_key,
 )
+from runlet.adapters.logfile import LogWriter, Record, seal_output
+from runlet.client.reconciler import Decision, reconcile
 from runlet.config import StorageConfig
-from runlet.crypto import FleetKey
 from runlet.errors import BlobStoreUnavailable, ClosedError, ConfigError, StorageError
-from runlet.logfile import LogWriter, Record, seal_output
-from runlet.reconciler import Decision, reconcile
+from runlet.protocol.crypto import FleetKey
 from tests.integration.s3 import (
     MOTO_KEY,
     MotoServer,

@@ -1,4 +1,4 @@
-"""The ledger (runlet.database) against the real PostgreSQL ($RUNLET_TEST_DATABASE, 127.0.0.1:5432).
+"""The ledger (adapters.ledger_db) against PostgreSQL ($RUNLET_TEST_DATABASE, 127.0.0.1:5432).
 
 Every test works in its own schema `t_<uuid>`, dropped afterwards, so tests never see each
 other's rows. A missing PostgreSQL fails the test; nothing here skips, and nothing sleeps.
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from runlet.database import (
+from runlet.adapters.ledger_db import (
     Ledger,
     MigrationError,
     NodeRow,
@@ -28,7 +28,7 @@ from runlet.database import (
     load_migrations,
 )
 from runlet.errors import ClosedError, DatabaseUnavailable, ProtocolError
-from runlet.messages import STATES, JobStateChanged, NodeHeartbeat, StartJob
+from runlet.protocol.messages import STATES, JobStateChanged, NodeHeartbeat, StartJob
 from tests.support import run
 
 DSN = os.environ.get("RUNLET_TEST_DATABASE", "postgresql://postgres@127.0.0.1:5432/postgres")

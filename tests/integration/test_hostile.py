@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from runlet import addresses, wire
-from runlet.addresses import new_job_id
-from runlet.client import Client
-from runlet.crypto import FleetKey
-from runlet.messages import ControlSent, InputSent, OutputChunk, ReplayRequested, StartJob
-from runlet.payloads import Control, JobSpec, seal_input
+from runlet.client.session import Client
+from runlet.protocol import addresses, wire
+from runlet.protocol.addresses import new_job_id
+from runlet.protocol.crypto import FleetKey
+from runlet.protocol.messages import ControlSent, InputSent, OutputChunk, ReplayRequested, StartJob
+from runlet.protocol.payloads import Control, JobSpec, seal_input
 from tests.support import Fleet, follow_to_end, queue_info, run, wait_for, wait_state
 
 

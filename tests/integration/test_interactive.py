@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from runlet.client import Client
-from runlet.payloads import JobSpec
+from runlet.client.session import Client
+from runlet.protocol.payloads import JobSpec
 from tests.support import Fleet, follow_to_end, run, wait_state
 
 PROMPT = 'printf "Continue? [y/N] "; read a; echo "answer=$a"; exit 3'
@@ -34,7 +34,7 @@ def test_prompt_answered_from_another_device(fleet: Fleet) -> None:
 
 def test_ping_reaches_the_daemon_and_a_pty_echo(fleet: Fleet) -> None:
     """`runlet ping`: pongs come back from the daemon, keystrokes echo back through a PTY."""
-    from runlet import ping
+    from runlet.client import ping
     from runlet.errors import NoSuchTarget
 
     fleet.start_daemon("edge-2")

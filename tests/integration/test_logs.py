@@ -13,13 +13,13 @@ from contextlib import contextmanager, redirect_stderr
 from functools import partial
 from pathlib import Path
 
-from runlet.addresses import new_job_id
-from runlet.blobstore import BlobStore, RemoteLog, hash_file
-from runlet.client import Client
-from runlet.commands import logs_job
+from runlet.adapters.blobstore import BlobStore, RemoteLog, hash_file
+from runlet.adapters.logfile import FLAG_FINAL, LogWriter, Record, read_records
+from runlet.client.commands import logs_job
+from runlet.client.session import Client
 from runlet.config import StorageConfig, load_config
-from runlet.logfile import FLAG_FINAL, LogWriter, Record, read_records
-from runlet.payloads import JobSpec
+from runlet.protocol.addresses import new_job_id
+from runlet.protocol.payloads import JobSpec
 from tests.integration.s3 import MotoServer, make_storage_config
 from tests.support import Fleet, follow_to_end, run, wait_for
 

@@ -6,10 +6,10 @@ import asyncio
 import signal
 from pathlib import Path
 
-from runlet.addresses import new_job_id
-from runlet.client import Client
-from runlet.messages import JobStateChanged
-from runlet.payloads import Control, JobSpec
+from runlet.client.session import Client
+from runlet.protocol.addresses import new_job_id
+from runlet.protocol.messages import JobStateChanged
+from runlet.protocol.payloads import Control, JobSpec
 from tests.support import Fleet, follow_to_end, run, wait_state
 
 

@@ -15,14 +15,14 @@ from typing import Any
 import asyncpg
 import pytest
 
-from runlet import queries
-from runlet.addresses import new_job_id
-from runlet.client import Client
+from runlet.adapters.ledger_db import connect
+from runlet.client import queries
+from runlet.client.session import Client
 from runlet.config import load_config
-from runlet.database import connect
-from runlet.messages import Query
-from runlet.payloads import JobSpec
-from runlet.server import Server
+from runlet.protocol.addresses import new_job_id
+from runlet.protocol.messages import Query
+from runlet.protocol.payloads import JobSpec
+from runlet.roots.server import Server
 from tests.support import Fleet, follow_to_end, run, wait_for, wait_state
 
 DSN = os.environ.get("RUNLET_TEST_DATABASE", "postgresql://postgres@127.0.0.1:5432/postgres")

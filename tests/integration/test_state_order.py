@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from runlet.addresses import new_job_id
-from runlet.client import Client, Reassembler, Watch
-from runlet.messages import JobStateChanged, OutputChunk
-from runlet.payloads import JobSpec
+from runlet.client.session import Client, Reassembler, Watch
+from runlet.protocol.addresses import new_job_id
+from runlet.protocol.messages import JobStateChanged, OutputChunk
+from runlet.protocol.payloads import JobSpec
 from tests.integration.test_server import DSN, ServerUnderTest, schema  # noqa: F401 - fixture
 from tests.support import Fleet, run, wait_for
 

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from runlet.addresses import new_job_id
-from runlet.client import Client
+from runlet.client.session import Client
 from runlet.errors import NoSuchTarget
-from runlet.messages import JobStateChanged
-from runlet.payloads import JobSpec
+from runlet.protocol.addresses import new_job_id
+from runlet.protocol.messages import JobStateChanged
+from runlet.protocol.payloads import JobSpec
 from tests.support import Fleet, follow_to_end, run, wait_state
 
 HOSTNAME_JOB = JobSpec(("echo ran-on-$RUNLET_JOB_ID",))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from runlet.addresses import new_job_id
-from runlet.client import Client
-from runlet.payloads import JobSpec
+from runlet.client.session import Client
+from runlet.protocol.addresses import new_job_id
+from runlet.protocol.payloads import JobSpec
 from tests.support import Fleet, follow_to_end, run, wait_state
 
 COUNT_JOB = "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line-$i; done; read x; echo bye-$x"

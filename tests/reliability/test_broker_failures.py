@@ -46,17 +46,17 @@ import aio_pika
 import aiormq
 import pytest
 
-from runlet import addresses, wire
-from runlet.addresses import new_job_id
-from runlet.broker import Broker, Incoming, QueueSpec
-from runlet.client import Client
+from runlet.adapters.broker import Broker, Incoming, QueueSpec
+from runlet.adapters.logfile import scan_log
+from runlet.client.logview import show_log
+from runlet.client.session import Client
 from runlet.config import load_config
-from runlet.daemon import Daemon
 from runlet.errors import BrokerUnavailable, ProtocolError, StorageError
-from runlet.logfile import scan_log
-from runlet.logview import show_log
-from runlet.messages import JobStateChanged
-from runlet.payloads import JobSpec
+from runlet.protocol import addresses, wire
+from runlet.protocol.addresses import new_job_id
+from runlet.protocol.messages import JobStateChanged
+from runlet.protocol.payloads import JobSpec
+from runlet.roots.daemon import Daemon
 from tests.reliability.cluster import Cluster
 from tests.reliability.proxy import Proxy
 from tests.reliability.results import record
@@ -69,7 +69,8 @@ MANAGEMENT_PORTS = (15701, 15702, 15703)  # the cluster nodes' management API (c
 CLUSTER_PORTS = (5701, 5702, 5703)
 
 BUG_ERRORS_ESCAPE = (
-    "runlet/broker.py Broker._with_broker / _publish_confirmed / _publish_fast translate and "
+    "runlet/adapters/broker.py Broker._with_broker / "
+    "_publish_confirmed / _publish_fast translate and "
     "retry only _BROKER_ERRORS; aiormq's ChannelInvalidStateError (a RuntimeError, raised by "
     "any call on the channel of a connection that just died) escapes the adapter. In "
     "actors/broker_gateway.py BrokerGateway._open_job it skips the `await self._publish("
@@ -78,7 +79,8 @@ BUG_ERRORS_ESCAPE = (
     "(journaled, never sent: the ledger and every watcher miss it)"
 )
 BUG_RECONNECT_DIES = (
-    "runlet/broker.py Broker._reconnect retries only on _BROKER_ERRORS: when _restore() meets "
+    "runlet/adapters/broker.py Broker._reconnect retries only on _BROKER_ERRORS: "
+    "when _restore() meets "
     "aiormq's ChannelInvalidStateError (a RuntimeError: another task's error answer closed the "
     "new channel half-way, e.g. a RESOURCE_LOCKED on a job queue the old connection still "
     "holds), the exception ends the supervisor task; the adapter then never reconnects and "

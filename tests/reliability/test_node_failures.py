@@ -13,7 +13,7 @@ Scenarios of DESIGN.md §9 (numbers are those of the reliability table):
 
 and a burst of 60 instant jobs, the regression test of the open/close race of a job's queues
 that these scenarios tripped (the daemon's fast channel closed by a NOT_FOUND, state changes,
-heartbeats and output lost; fixed in actors/broker_gateway.py and runlet/broker.py). Every test
+heartbeats and output lost; fixed in actors/broker_gateway.py and adapters/broker.py). Every test
 with a daemon also checks its log for broker errors (`trouble`).
 
 Every broker URL comes from `cluster_urls` (the 3-node cluster; the local broker with
@@ -43,17 +43,18 @@ from typing import Any
 import msgpack
 import pytest
 
-from runlet import addresses, queries, wire
-from runlet.addresses import new_job_id
-from runlet.blobstore import BlobStore, hash_file
-from runlet.broker import Broker, Incoming, QueueSpec
-from runlet.client import Client
+from runlet.adapters.blobstore import BlobStore, hash_file
+from runlet.adapters.broker import Broker, Incoming, QueueSpec
+from runlet.adapters.journal import Journal
+from runlet.adapters.logfile import DamageKind, open_output, read_records, scan_log
+from runlet.client import queries
+from runlet.client.session import Client
 from runlet.config import Config, StorageConfig, load_config
-from runlet.crypto import FleetKey
 from runlet.errors import BlobStoreUnavailable, ProtocolError
-from runlet.journal import Journal
-from runlet.logfile import DamageKind, open_output, read_records, scan_log
-from runlet.messages import (
+from runlet.protocol import addresses, wire
+from runlet.protocol.addresses import new_job_id
+from runlet.protocol.crypto import FleetKey
+from runlet.protocol.messages import (
     ControlSent,
     InputSent,
     JobStateChanged,
@@ -62,7 +63,7 @@ from runlet.messages import (
     ReplayRequested,
     StartJob,
 )
-from runlet.payloads import Control, JobSpec, seal_input
+from runlet.protocol.payloads import Control, JobSpec, seal_input
 from tests.integration.s3 import MotoServer, make_storage_config
 from tests.integration.test_logs import storage_toml
 from tests.integration.test_server import ServerUnderTest, free_port

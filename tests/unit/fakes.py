@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 import pykka
 from prometheus_client import REGISTRY
 
-from runlet.aio import LoopThread
-from runlet.crypto import FleetKey, JobKey
-from runlet.local import SessionEnded, SessionStarted, StartSession
-from runlet.ptys import ExitStatus
-from runlet.runtime import SUPERVISOR, Context, Router
+from runlet.protocol.crypto import FleetKey, JobKey
+from runlet.protocol.states import ExitStatus
+from runlet.runtime.actor import SUPERVISOR, Context, Router
+from runlet.runtime.local_messages import SessionEnded, SessionStarted, StartSession
+from runlet.runtime.loop import LoopThread
 
 T = TypeVar("T")
 

@@ -9,8 +9,14 @@ import re
 
 import pytest
 
-from runlet import accounts
-from runlet.accounts import Account, BrokerAdmin, broker_user, owns, permission_pattern
+from runlet.adapters import rabbitmq_admin as accounts
+from runlet.adapters.rabbitmq_admin import (
+    Account,
+    BrokerAdmin,
+    broker_user,
+    owns,
+    permission_pattern,
+)
 
 
 def _granted(user: str, resource: str) -> bool:

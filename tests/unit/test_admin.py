@@ -1,4 +1,4 @@
-"""The server admin's user commands (runlet.admin): the device config they print, and the
+"""The server admin's user commands (runlet.roots.admin): the device config they print, and the
 config checks made before any broker or database is contacted.
 """
 
@@ -13,10 +13,10 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from runlet import admin
-from runlet.accounts import Account
+from runlet.adapters.rabbitmq_admin import Account
 from runlet.config import Config, parse_config
 from runlet.errors import ConfigError, RunletError
+from runlet.roots import admin
 
 HIDDEN = "adm1n-TOP-s3cret"
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from structlog.testing import capture_logs
 
-from runlet.aio import LoopThread
 from runlet.errors import ClosedError
+from runlet.runtime.loop import LoopThread
 from tests.unit.fakes import DEADLINE
 
 

@@ -1,9 +1,19 @@
-"""The package's shape (STYLE.md "Shape", DESIGN.md §1), checked on the source with `ast`.
+"""The package's shape (DESIGN.md §1, the layout by layer), checked on the source with `ast`.
 
-- only the composition roots (runlet/daemon.py, runlet/server.py) import `actors`;
-- actors import runlet's core, never one another;
-- every module starts with a docstring;
-- only runlet/broker.py talks to aio-pika/aiormq.
+Import rules are folder rules. From the bottom up:
+
+    runlet/errors, logging, metrics, config    the foundation, imported by every layer
+    runlet/protocol/   codec, messages, payloads, crypto, names    the foundation only
+    runlet/runtime/    loop, actor base, router, supervisor        + protocol
+    runlet/adapters/   broker, ledger db, blob store, PTYs, files  + protocol
+    runlet/client/     session, follow, commands, queries, logs    + protocol, adapters
+    actors/            one module per actor                        + protocol, runtime, adapters
+    runlet/roots/      daemon, server, admin                       anything; only they import actors
+    runlet/cli.py      the command line                            anything but actors
+
+Besides: actors never import one another; only adapters import aio-pika/aiormq, asyncpg,
+aioboto3/botocore and ptyprocess/pywinpty; only the protocol imports msgpack and PyNaCl; every
+module starts with a docstring.
 """
 
 from __future__ import annotations
@@ -118,34 +128,131 @@ def test_relative_import_from_package_init() -> None:
 
 def test_the_source_tree_is_found() -> None:
     """The checks below look at the real modules, so they can fail."""
-    assert RUNLET / "daemon.py" in modules(RUNLET)
-    assert RUNLET / "broker.py" in modules(RUNLET)
+    assert RUNLET / "roots" / "daemon.py" in modules(RUNLET)
+    assert RUNLET / "adapters" / "broker.py" in modules(RUNLET)
     assert ACTORS / "broker_gateway.py" in modules(ACTORS)
     assert len(modules(ACTORS)) >= 3
-    assert touches(imports_of(RUNLET / "daemon.py"), "actors"), "the root must import actors"
-    assert touches(imports_of(RUNLET / "broker.py"), "aio_pika"), "the adapter must use aio_pika"
+    daemon, broker = RUNLET / "roots" / "daemon.py", RUNLET / "adapters" / "broker.py"
+    assert touches(imports_of(daemon), "actors"), "the root must import actors"
+    assert touches(imports_of(broker), "aio_pika"), "the adapter must use aio_pika"
+    assert runlet_imports(ACTORS / "job_queue.py"), "actors import runlet's layers"
 
 
 # --- the rules -----------------------------------------------------------------------------------
 
+FOUNDATION = ("runlet", "runlet.errors", "runlet.logging", "runlet.metrics", "runlet.config")
+LAYERS = ("runlet.protocol", "runlet.runtime", "runlet.adapters", "runlet.client", "runlet.roots")
+# folder -> the folders (besides itself and the foundation) its modules may import
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "runlet.protocol": (),
+    "runlet.runtime": ("runlet.protocol",),
+    "runlet.adapters": ("runlet.protocol",),
+    "runlet.client": ("runlet.protocol", "runlet.adapters"),
+    "actors": ("runlet.protocol", "runlet.runtime", "runlet.adapters"),
+    "runlet.roots": ("runlet.protocol", "runlet.runtime", "runlet.adapters", "actors"),
+    "runlet.cli": ("runlet.protocol", "runlet.adapters", "runlet.client", "runlet.roots"),
+    "runlet.__main__": ("runlet.cli",),
+}
+# outside library -> the only folders (or modules) that may import it
+LIBRARIES: dict[str, tuple[str, ...]] = {
+    "aio_pika": ("runlet.adapters.broker",),
+    "aiormq": ("runlet.adapters.broker",),
+    "asyncpg": ("runlet.adapters",),
+    "aioboto3": ("runlet.adapters",),
+    "botocore": ("runlet.adapters",),
+    "ptyprocess": ("runlet.adapters",),
+    "winpty": ("runlet.adapters",),
+    "msgpack": ("runlet.protocol",),
+    "nacl": ("runlet.protocol",),
+}
 
-@pytest.mark.parametrize("path", modules(RUNLET), ids=lambda p: p.name)
-def test_only_the_composition_root_imports_actors(path: Path) -> None:
-    """No module of runlet/ imports `actors` except the roots, runlet/daemon.py and server.py."""
-    if path in (RUNLET / "daemon.py", RUNLET / "server.py"):
+
+def within(module: str, places: tuple[str, ...]) -> bool:
+    """`module` is one of `places` or inside one of them."""
+    return any(module == p or module.startswith(p + ".") for p in places)
+
+
+def folder_of(module: str) -> str:
+    """The layer a module belongs to (`runlet.client.session` → `runlet.client`)."""
+    for layer in (*LAYERS, "actors"):
+        if within(module, (layer,)):
+            return layer
+    return module  # a foundation module, runlet.cli or runlet.__main__
+
+
+def _is_module(name: str) -> bool:
+    parts = name.split(".")
+    path = ROOT.joinpath(*parts)
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def runlet_imports(path: Path) -> set[str]:
+    """The runlet and actors modules a file imports (names inside a module are left out)."""
+    return {
+        name for name in imports_of(path) if within(name, ("runlet", "actors")) and _is_module(name)
+    }
+
+
+def wrong_imports(importer: str, imported: set[str]) -> set[str]:
+    """The imports of `importer` that its folder may not make."""
+    own = folder_of(importer)
+    allowed = (own, *FOUNDATION, *ALLOWED.get(own, ()))
+    if own in FOUNDATION:  # the foundation: config may read errors, nothing more
+        allowed = FOUNDATION
+    return {name for name in imported if folder_of(name) not in allowed}
+
+
+ALL_MODULES = modules(RUNLET) + modules(ACTORS)
+
+
+@pytest.mark.parametrize("path", ALL_MODULES, ids=module_name)
+def test_each_folder_imports_only_the_layers_below_it(path: Path) -> None:
+    """protocol ← runtime, adapters ← client, actors ← roots ← cli: nothing imports upwards."""
+    own = module_name(path)
+    wrong = wrong_imports(own, runlet_imports(path))
+    assert wrong == set(), f"{own} ({folder_of(own)}) imports {sorted(wrong)}"
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported", "ok"),
+    [
+        ("runlet.protocol.messages", "runlet.protocol.wire", True),
+        ("runlet.protocol.wire", "runlet.adapters.broker", False),
+        ("runlet.runtime.actor", "runlet.adapters.ptys", False),
+        ("runlet.client.session", "runlet.adapters.broker", True),
+        ("runlet.client.follow", "runlet.runtime.loop", False),
+        ("runlet.client.follow", "actors.job_queue", False),
+        ("actors.job_queue", "runlet.runtime.actor", True),
+        ("actors.job_queue", "runlet.client.session", False),
+        ("actors.job_queue", "runlet.roots.daemon", False),
+        ("runlet.adapters.broker", "runlet.errors", True),
+        ("runlet.errors", "runlet.protocol.wire", False),
+        ("runlet.cli", "actors.job_queue", False),
+        ("runlet.roots.daemon", "actors.job_queue", True),
+    ],
+)
+def test_the_layer_rule_itself(importer: str, imported: str, ok: bool) -> None:
+    """The folder rule allows downward imports and refuses upward and sideways ones."""
+    assert (wrong_imports(importer, {imported}) == set()) is ok
+
+
+@pytest.mark.parametrize("path", modules(RUNLET), ids=module_name)
+def test_only_the_composition_roots_import_actors(path: Path) -> None:
+    """No module of runlet/ imports `actors` except those in runlet/roots/."""
+    if folder_of(module_name(path)) == "runlet.roots":
         return
     assert touches(imports_of(path), "actors") == set()
 
 
 @pytest.mark.parametrize("path", modules(ACTORS), ids=lambda p: p.name)
 def test_actors_do_not_import_each_other(path: Path) -> None:
-    """An actor module imports runlet's core, never another actors module."""
+    """An actor module imports runlet's layers, never another actors module."""
     own = module_name(path)
     others = touches(imports_of(path), "actors") - {own}
     assert others == set(), f"{own} imports {sorted(others)}"
 
 
-@pytest.mark.parametrize("path", modules(RUNLET) + modules(ACTORS), ids=module_name)
+@pytest.mark.parametrize("path", ALL_MODULES, ids=module_name)
 def test_every_module_has_a_docstring(path: Path) -> None:
     """Every module starts with a docstring saying what it is for."""
     docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
@@ -153,18 +260,19 @@ def test_every_module_has_a_docstring(path: Path) -> None:
     assert docstring.strip()
 
 
-@pytest.mark.parametrize("path", modules(RUNLET) + modules(ACTORS), ids=module_name)
-def test_only_the_broker_adapter_imports_amqp_libraries(path: Path) -> None:
-    """aio_pika and aiormq are imported by runlet/broker.py only."""
-    if path == RUNLET / "broker.py":
-        return
-    for library in AMQP_LIBRARIES:
-        assert touches(imports_of(path), library) == set(), f"{module_name(path)} uses {library}"
+@pytest.mark.parametrize("path", ALL_MODULES, ids=module_name)
+def test_outside_libraries_are_imported_only_where_they_belong(path: Path) -> None:
+    """aio-pika only in the broker adapter; asyncpg, botocore and PTY libraries only in
+    adapters; msgpack and PyNaCl only in the protocol."""
+    own = module_name(path)
+    names = imports_of(path)
+    for library, places in LIBRARIES.items():
+        if not within(own, places):
+            assert touches(names, library) == set(), f"{own} imports {library}"
 
 
-def test_broker_gateway_does_not_import_aio_pika() -> None:
-    """The Broker Gateway actor goes through runlet.broker, never aio_pika itself."""
+def test_broker_gateway_goes_through_the_broker_adapter() -> None:
+    """The Broker Gateway actor uses runlet.adapters.broker, never aio_pika itself."""
     names = imports_of(ACTORS / "broker_gateway.py")
     assert touches(names, "aio_pika") == set()
-    assert touches(names, "aiormq") == set()
-    assert "runlet.broker" in names
+    assert "runlet.adapters.broker" in names

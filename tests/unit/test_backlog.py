@@ -1,4 +1,4 @@
-"""The vault's upload backlog (runlet.backlog), read off a real folder of real logs.
+"""The vault's upload backlog (runlet.adapters.backlog), read off a real folder of real logs.
 
 Times on files are set with `os.utime`, never waited for: "older" and "newer" are exact.
 """
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from runlet import backlog
-from runlet.crypto import FleetKey
+from runlet.adapters import backlog
+from runlet.adapters.logfile import LogWriter, Record, seal_output
 from runlet.errors import StorageError
-from runlet.logfile import LogWriter, Record, seal_output
+from runlet.protocol.crypto import FleetKey
 
 DIGEST = "0123456789abcdef" * 4
 KEY = FleetKey.generate()

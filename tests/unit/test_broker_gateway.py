@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from actors.broker_gateway import BrokerGateway
-from runlet.broker import Handler, QueueSpec
-from runlet.local import CloseJobQueues, OpenJobQueues, Publish
-from runlet.runtime import Context
+from runlet.adapters.broker import Handler, QueueSpec
+from runlet.runtime.actor import Context
+from runlet.runtime.local_messages import CloseJobQueues, OpenJobQueues, Publish
 from tests.unit.fakes import DEADLINE, running_context, wait_for
 
 

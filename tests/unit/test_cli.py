@@ -14,7 +14,7 @@ import pytest
 
 from runlet import __version__
 from runlet.cli import main
-from runlet.crypto import FleetKey
+from runlet.protocol.crypto import FleetKey
 
 JOB = "0123456789abcdef0123456789abcdef"
 HIDDEN = "s3cr3t-pa55"

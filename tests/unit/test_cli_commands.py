@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from runlet.accounts import Account
+from runlet.adapters.logfile import LogWriter, Record, seal_output
+from runlet.adapters.rabbitmq_admin import Account
 from runlet.cli import main
-from runlet.crypto import FleetKey
-from runlet.logfile import LogWriter, Record, seal_output
-from runlet.logview import show_log
+from runlet.client.logview import show_log
+from runlet.protocol.crypto import FleetKey
 
 JOB = "0123456789abcdef0123456789abcdef"
 
@@ -391,7 +391,7 @@ def test_user_add_bad_node_refused_first(
         created.append(name)
         return Account(name, f"runlet-{name}", "pw")
 
-    monkeypatch.setattr("runlet.admin.add_user", add_user)
+    monkeypatch.setattr("runlet.roots.admin.add_user", add_user)
     config = str(write_config(tmp_path, role="server", sections="[server]\n"))
     assert main(["-c", config, "user", "add", "bob", "--node", node]) in (64, 78)
     assert created == []
@@ -406,7 +406,7 @@ def test_user_add_prints_device_config(
     async def add_user(config: Any, name: str, *, rotate: bool = False) -> Account:
         return Account(name, f"runlet-{name}", "pw-" + ("rotated" if rotate else "new"))
 
-    monkeypatch.setattr("runlet.admin.add_user", add_user)
+    monkeypatch.setattr("runlet.roots.admin.add_user", add_user)
     config = str(write_config(tmp_path, role="server", sections="[server]\n"))
     assert main(["-c", config, "user", "add", "bob", "--node", "edge-3", "--rotate"]) == 0
     out = capsys.readouterr().out

@@ -1,16 +1,16 @@
-"""The client's pure logic: output reassembly, exit statuses, targets (runlet.client) and the
-escapes of `runlet send` (runlet.commands.unescape)."""
+"""The client's pure logic: output reassembly, exit statuses, targets (client.session) and the
+escapes of `runlet send` (client.commands.unescape)."""
 
 from __future__ import annotations
 
 import pytest
 
-from runlet.client import Reassembler, exit_status, target_of
-from runlet.commands import unescape
-from runlet.crypto import FleetKey, Kind
+from runlet.adapters.logfile import FLAG_FINAL, seal_output
+from runlet.client.commands import unescape
+from runlet.client.session import Reassembler, exit_status, target_of
 from runlet.errors import ProtocolError
-from runlet.logfile import FLAG_FINAL, seal_output
-from runlet.messages import STATES, JobStateChanged, OutputChunk
+from runlet.protocol.crypto import FleetKey, Kind
+from runlet.protocol.messages import STATES, JobStateChanged, OutputChunk
 
 JOB = "0123456789abcdef0123456789abcdef"
 FLEET = FleetKey(bytes(range(32)))
@@ -30,7 +30,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr("runlet.client.time.monotonic", fake)
+    monkeypatch.setattr("runlet.client.session.time.monotonic", fake)
     return fake
 
 

@@ -1,4 +1,4 @@
-"""Fleet keys, key files and the sealing of job messages (runlet.crypto)."""
+"""Fleet keys, key files and the sealing of job messages (runlet.protocol.crypto)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runlet.crypto import (
-    KEY_SIZE,
-    OVERHEAD,
-    AuthenticationFailed,
-    FleetKey,
-    JobKey,
-    Kind,
-)
 from runlet.errors import CryptoError, StorageError
+from runlet.protocol.crypto import KEY_SIZE, OVERHEAD, AuthenticationFailed, FleetKey, JobKey, Kind
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
 

@@ -12,8 +12,8 @@ import pytest
 
 import actors.governor as governor_module
 from actors.governor import Governor
-from runlet.local import AdmissionTick, ReleaseSlot, RequestSlot, SlotGranted
-from runlet.runtime import Context
+from runlet.runtime.actor import Context
+from runlet.runtime.local_messages import AdmissionTick, ReleaseSlot, RequestSlot, SlotGranted
 from tests.unit.fakes import DEADLINE, Inbox, add_fake, running_context, sync
 
 JOBS = [f"job{n}" for n in range(6)]

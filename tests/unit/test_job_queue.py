@@ -14,9 +14,13 @@ import pytest
 
 from actors.governor import Governor
 from actors.job_queue import JobQueue
-from runlet import addresses, wire
-from runlet.crypto import FleetKey
-from runlet.local import (
+from runlet.protocol import addresses, wire
+from runlet.protocol.crypto import FleetKey
+from runlet.protocol.messages import ControlSent, JobStateChanged, ReplayRequested, StartJob
+from runlet.protocol.payloads import Control, JobSpec
+from runlet.protocol.states import ExitStatus
+from runlet.runtime.actor import Context, start_supervisor, supervise
+from runlet.runtime.local_messages import (
     ChildDied,
     CloseJobQueues,
     Delivered,
@@ -34,10 +38,6 @@ from runlet.local import (
     StartSession,
     Terminate,
 )
-from runlet.messages import ControlSent, JobStateChanged, ReplayRequested, StartJob
-from runlet.payloads import Control, JobSpec
-from runlet.ptys import ExitStatus
-from runlet.runtime import Context, start_supervisor, supervise
 from tests.unit.fakes import (
     DEADLINE,
     FakeClock,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from runlet.adapters.journal import STATES, TERMINAL_STATES, Journal
 from runlet.errors import ClosedError, JobNotFound, StorageError
-from runlet.journal import STATES, TERMINAL_STATES, Journal
 
 # Paths from queued to each state, for tests that need a job in that state.
 PATHS = {

@@ -1,4 +1,4 @@
-"""The encrypted on-disk log of one job (runlet.logfile)."""
+"""The encrypted on-disk log of one job (runlet.adapters.logfile)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from runlet import logfile
-from runlet.crypto import OVERHEAD, AuthenticationFailed, FleetKey, JobKey, Kind
-from runlet.errors import ClosedError, ProtocolError, StorageError
-from runlet.logfile import (
+from runlet.adapters import logfile
+from runlet.adapters.logfile import (
     FLAG_FINAL,
     MAX_OUTPUT_DATA,
     MAX_RECORD,
@@ -26,6 +24,8 @@ from runlet.logfile import (
     scan_log,
     seal_output,
 )
+from runlet.errors import ClosedError, ProtocolError, StorageError
+from runlet.protocol.crypto import OVERHEAD, AuthenticationFailed, FleetKey, JobKey, Kind
 
 JOB = "job-1"
 HEADER = b"RLOG\x01" + struct.pack(">H", len(JOB)) + JOB.encode()

@@ -1,4 +1,4 @@
-"""Reading a stored log for a person (runlet.logview.show_log), on real encrypted logs.
+"""Reading a stored log for a person (client.logview.show_log), on real encrypted logs.
 
 Logs are built in tmp_path with the real fleet key and `LogWriter`; damage is made by editing
 sealed bytes or the file itself. Play mode gets a fake `sleep` that records each pause.
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from runlet.crypto import FleetKey, JobKey, Kind
-from runlet.logfile import FLAG_FINAL, MAX_RECORD, LogWriter, Record, seal_output
-from runlet.logview import Verdict, show_log
+from runlet.adapters.logfile import FLAG_FINAL, MAX_RECORD, LogWriter, Record, seal_output
+from runlet.client.logview import Verdict, show_log
+from runlet.protocol.crypto import FleetKey, JobKey, Kind
 
 JOB = "0123456789abcdef0123456789abcdef"
 OTHER = "fedcba9876543210fedcba9876543210"

@@ -1,4 +1,4 @@
-"""Message classes (runlet.messages) and broker names and id rules (runlet.addresses)."""
+"""Message classes (protocol.messages) and broker names and id rules (protocol.addresses)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from runlet import addresses as a
-from runlet import messages as m
+from runlet.protocol import addresses as a
+from runlet.protocol import messages as m
 
 JOB = "0123456789abcdef0123456789abcdef"
 HOSTILE_NAMES = [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runlet.database import MigrationError, load_migrations
+from runlet.adapters.ledger_db import MigrationError, load_migrations
 
 ROOT = Path(__file__).resolve().parents[2]
 PINNED = {
@@ -23,20 +23,20 @@ PINNED = {
 
 
 def test_migrations_are_found_in_the_package() -> None:
-    """The .sql files are read through importlib.resources from runlet.migrations."""
+    """The .sql files are read through importlib.resources from runlet.adapters.migrations."""
     migrations = load_migrations()
     assert [(m.version, m.name) for m in migrations][:1] == [("0001", "ledger")]
-    shipped = {entry.name for entry in resources.files("runlet.migrations").iterdir()}
+    shipped = {entry.name for entry in resources.files("runlet.adapters.migrations").iterdir()}
     assert {f"{m.version}_{m.name}.sql" for m in migrations} <= shipped
 
 
 def test_migrations_are_declared_package_data() -> None:
-    """pyproject.toml ships runlet.migrations and its .sql files in the wheel."""
+    """pyproject.toml ships runlet.adapters.migrations and its .sql files in the wheel."""
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
         "setuptools"
     ]
-    assert "runlet.migrations" in setuptools["packages"]
-    assert "*.sql" in setuptools.get("package-data", {}).get("runlet.migrations", [])
+    assert "runlet.adapters.migrations" in setuptools["packages"]
+    assert "*.sql" in setuptools.get("package-data", {}).get("runlet.adapters.migrations", [])
 
 
 def test_migrations_are_numbered_without_gaps_and_not_empty() -> None:

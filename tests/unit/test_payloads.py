@@ -1,4 +1,4 @@
-"""Sealed payloads (runlet.payloads): commands, control requests and keystrokes open only with
+"""Sealed payloads (protocol.payloads): commands, control requests and keystrokes open only with
 the right key and position, and hostile plaintext under valid crypto is a ProtocolError."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
-from runlet.crypto import OVERHEAD, FleetKey, JobKey, Kind
 from runlet.errors import CryptoError, ProtocolError
-from runlet.payloads import (
+from runlet.protocol.crypto import OVERHEAD, FleetKey, JobKey, Kind
+from runlet.protocol.payloads import (
     MAX_ARGV,
     MAX_ENV,
     MAX_TIMEOUT,

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from runlet import ptys
+from runlet.adapters import ptys
+from runlet.adapters.ptys import DEFAULT_TERM, Pty, spawn
 from runlet.errors import ClosedError, SpawnFailed
-from runlet.ptys import DEFAULT_TERM, ExitStatus, Pty, spawn
+from runlet.protocol.states import ExitStatus
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX backend only")
 
@@ -303,7 +304,7 @@ def test_spawn_from_a_thread_while_another_runs(start: Callable[..., Pty]) -> No
     """Spawning from a non-main thread of a multi-threaded process works and resets signals.
 
     This also records what CPython says about forking with threads alive: nothing before
-    3.12, a DeprecationWarning from 3.12 on (see the runlet.ptys docstring).
+    3.12, a DeprecationWarning from 3.12 on (see the runlet.adapters.ptys docstring).
     """
     release = threading.Event()
     bystander = threading.Thread(target=release.wait)

@@ -1,6 +1,6 @@
-"""Questions for the server (runlet.queries): parsing `--since`, formatting rows, decoding answers.
+"""Questions for the server (client.queries): parsing `--since`, formatting rows, decoding answers.
 
-`ask` is driven through an in-process stand-in for `runlet.broker.Broker` that hands back a
+`ask` is driven through an in-process stand-in for `runlet.adapters.broker.Broker` that hands back a
 canned answer body: nothing connects anywhere, and every check `ask` makes on the server's
 answer runs for real.
 """
@@ -21,10 +21,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from runlet import addresses, queries, wire
+from runlet.client import queries
 from runlet.config import Config
 from runlet.errors import NoSuchTarget, ProtocolError, RunletError
-from runlet.messages import Query, QueryAnswered
+from runlet.protocol import addresses, wire
+from runlet.protocol.messages import Query, QueryAnswered
 
 NOW = 1_700_000_000.0
 JOB = "0123456789abcdef0123456789abcdef"
@@ -358,7 +359,7 @@ class FakeIncoming:
 
 @dataclass
 class FakeServer:
-    """Replaces `Broker` in runlet.queries: records what is sent, answers with `answer`."""
+    """Replaces `Broker` in runlet.client.queries: records what is sent, answers with `answer`."""
 
     answer: bytes | None = None
     bounce: bool = False

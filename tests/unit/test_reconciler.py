@@ -1,4 +1,4 @@
-"""The Sync Reconciler (runlet.reconciler): which copy of a log is read, and when one is fetched."""
+"""The Sync Reconciler (client.reconciler): which copy of a log is read, and when one is fetched."""
 
 from __future__ import annotations
 
@@ -13,11 +13,18 @@ from typing import Any, TypeVar
 
 import pytest
 
-from runlet.blobstore import RemoteLog, hash_file
-from runlet.crypto import FleetKey
+from runlet.adapters.blobstore import RemoteLog, hash_file
+from runlet.adapters.logfile import LogWriter, Record, seal_output
+from runlet.client.reconciler import (
+    Decision,
+    LocalLog,
+    decide,
+    local_log,
+    reconcile,
+    remote_is_newer,
+)
 from runlet.errors import BlobStoreUnavailable, JobNotFound, StorageError
-from runlet.logfile import LogWriter, Record, seal_output
-from runlet.reconciler import Decision, LocalLog, decide, local_log, reconcile, remote_is_newer
+from runlet.protocol.crypto import FleetKey
 
 T = TypeVar("T")
 JOB = "0123456789abcdef0123456789abcdef"

@@ -12,8 +12,7 @@ import pykka
 import pytest
 from structlog.testing import capture_logs
 
-from runlet.local import ChildDied, Publish
-from runlet.runtime import (
+from runlet.runtime.actor import (
     GATEWAY,
     SUPERVISOR,
     Actor,
@@ -22,6 +21,7 @@ from runlet.runtime import (
     start_supervisor,
     supervise,
 )
+from runlet.runtime.local_messages import ChildDied, Publish
 from tests.unit.fakes import (
     DEADLINE,
     FakeActor,

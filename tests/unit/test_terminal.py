@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from runlet.terminal import (
+from runlet.client.terminal import (
     DETACH_KEY_DEFAULT,
     FALLBACK_SIZE,
     DetachScanner,

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from runlet.crypto import FleetKey
-from runlet.messages import JobStateChanged
-from runlet.viewer import Follower, Options
+from runlet.client.follow import Follower, Options
+from runlet.protocol.crypto import FleetKey
+from runlet.protocol.messages import JobStateChanged
 
 JOB = "0123456789abcdef0123456789abcdef"
 

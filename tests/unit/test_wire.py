@@ -1,4 +1,4 @@
-"""The wire codec (runlet.wire): every message round-trips, and hostile bytes only ever raise
+"""The wire codec (protocol.wire): every message round-trips, and hostile bytes only ever raise
 ProtocolError with a clear sentence, never another exception."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any, cast
 import msgpack  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
-from runlet import messages as m
-from runlet import wire
 from runlet.errors import ProtocolError
+from runlet.protocol import messages as m
+from runlet.protocol import wire
 
 JOB = "0123456789abcdef0123456789abcdef"
 CHILD = f"{JOB}.edge-2"

@@ -39,8 +39,9 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from runlet import addresses, metrics
+from runlet import metrics
 from runlet.errors import BrokerUnavailable, ClosedError, NoSuchTarget
+from runlet.protocol import addresses
 
 log = structlog.get_logger(__name__)
 

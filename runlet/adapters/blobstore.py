@@ -49,9 +49,9 @@ from typing import Any, BinaryIO, Self
 
 import structlog
 
-from runlet import addresses
 from runlet.config import StorageConfig
 from runlet.errors import BlobStoreUnavailable, ClosedError, ConfigError, StorageError
+from runlet.protocol import addresses
 
 __all__ = [
     "BlobStore",

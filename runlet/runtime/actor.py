@@ -26,8 +26,8 @@ import pykka
 import structlog
 
 from runlet import metrics
-from runlet.aio import LoopThread
-from runlet.local import ChildDied, Publish, RestartChild
+from runlet.runtime.local_messages import ChildDied, Publish, RestartChild
+from runlet.runtime.loop import LoopThread
 
 log = structlog.get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """The composition root of the server role: the Ledger actor under a supervisor.
 
-Like the daemon's root (`runlet.daemon`), it is one of the only two modules that import
+Like the daemon's root (`runlet.roots.daemon`), it is one of the only two modules that import
 `actors`. The server never loads a fleet key.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 import structlog
 
 from actors.ledger import Ledger
-from runlet.aio import LoopThread
 from runlet.config import Config
 from runlet.errors import ConfigError
-from runlet.roles import Role, run_in_foreground
-from runlet.runtime import Context, Router, start_supervisor, supervise
+from runlet.roots.role import Role, run_in_foreground
+from runlet.runtime.actor import Context, Router, start_supervisor, supervise
+from runlet.runtime.loop import LoopThread
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runlet.ptys import ExitStatus
+from runlet.protocol.states import ExitStatus
 
 
 @dataclass(frozen=True, slots=True)

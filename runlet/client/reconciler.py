@@ -38,9 +38,9 @@ from typing import Protocol
 
 import structlog
 
-from runlet.blobstore import RemoteLog, hash_file
+from runlet.adapters.blobstore import RemoteLog, hash_file
+from runlet.adapters.logfile import scan_log
 from runlet.errors import BlobStoreUnavailable, JobNotFound, StorageError
-from runlet.logfile import scan_log
 
 __all__ = ["Decision", "LocalLog", "LogStore", "decide", "local_log", "reconcile"]
 

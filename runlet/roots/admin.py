@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-from runlet.accounts import Account, BrokerAdmin
-from runlet.addresses import valid_name
+from runlet.adapters.rabbitmq_admin import Account, BrokerAdmin
 from runlet.config import Config, ServerConfig
+from runlet.protocol.addresses import valid_name
 
 if TYPE_CHECKING:
-    from runlet.database import Ledger
+    from runlet.adapters.ledger_db import Ledger
 from runlet.errors import ConfigError
 
 
@@ -39,7 +39,7 @@ def _server(config: Config) -> ServerConfig:
 
 
 async def _ledger(config: Config) -> Ledger:
-    from runlet.database import connect, server_dsn
+    from runlet.adapters.ledger_db import connect, server_dsn
 
     server = _server(config)
     dsn = server_dsn(server.database_url, server.database_password_file)

@@ -18,13 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from runlet import addresses, wire
-from runlet.broker import Broker, Incoming, QueueSpec
+from runlet.adapters.broker import Broker, Incoming, QueueSpec
+from runlet.adapters.logfile import FLAG_FINAL, open_output
 from runlet.config import Config
-from runlet.crypto import FleetKey
 from runlet.errors import CryptoError, NoSuchTarget, ProtocolError
-from runlet.logfile import FLAG_FINAL, open_output
-from runlet.messages import (
+from runlet.protocol import addresses, wire
+from runlet.protocol.crypto import FleetKey
+from runlet.protocol.messages import (
     ControlSent,
     InputSent,
     JobStateChanged,
@@ -33,7 +33,7 @@ from runlet.messages import (
     StartJob,
     parse_target,
 )
-from runlet.payloads import Control, JobSpec, seal_input
+from runlet.protocol.payloads import Control, JobSpec, seal_input
 
 Say = Callable[[str], None]
 

@@ -40,11 +40,11 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
 from runlet.errors import ClosedError, JobError, SpawnFailed
+from runlet.protocol.states import ExitStatus
 
 if sys.platform != "win32":
     import fcntl
@@ -56,28 +56,6 @@ DEFAULT_TERM = "xterm-256color"
 _MAX_SIZE = 0xFFFF  # struct winsize fields are unsigned short
 _REAP_TIMEOUT = 5.0  # how long close() waits for a SIGKILLed child to disappear
 _FAILED_BEFORE_EXEC = 127  # what a forked child exits with if it could not reach exec
-
-
-@dataclass(frozen=True, slots=True)
-class ExitStatus:
-    """How a job's process ended: exactly one of `code` and `signal` is set."""
-
-    code: int | None
-    """The exit code, when the process exited by itself."""
-    signal: int | None
-    """The signal number, when a signal killed the process."""
-
-    def __post_init__(self) -> None:
-        if (self.code is None) == (self.signal is None):
-            raise ValueError(f"exactly one of code and signal must be set, not {self!r}")
-
-    def shell_status(self) -> int:
-        """The number a shell would put in `$?`: the exit code, or 128 + the signal."""
-        if self.signal is not None:
-            return 128 + self.signal
-        if self.code is None:  # pragma: no cover - ruled out by __post_init__
-            raise AssertionError(self)
-        return self.code
 
 
 class Pty(Protocol):

@@ -1,4 +1,4 @@
-"""The composition root of the daemon role; with `runlet.server`, the only importer of `actors`.
+"""The composition root of the daemon role; with `roots.server`, the only importer of `actors`.
 
 It loads the fleet key, starts the I/O loop, the supervisor and the actors in dependency order,
 and runs until SIGTERM/SIGINT or until the supervisor gives up on a crashing actor.
@@ -15,12 +15,12 @@ from actors.governor import Governor
 from actors.job_queue import JobQueue
 from actors.log_vault import LogVault
 from actors.pty_session import PtySession
-from runlet.aio import LoopThread
 from runlet.config import Config
-from runlet.crypto import FleetKey
-from runlet.local import StartSession
-from runlet.roles import Role, run_in_foreground
-from runlet.runtime import Context, Router, start_supervisor, supervise
+from runlet.protocol.crypto import FleetKey
+from runlet.roots.role import Role, run_in_foreground
+from runlet.runtime.actor import Context, Router, start_supervisor, supervise
+from runlet.runtime.local_messages import StartSession
+from runlet.runtime.loop import LoopThread
 
 log = structlog.get_logger(__name__)
 

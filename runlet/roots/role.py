@@ -1,6 +1,6 @@
 """What the daemon and the server roles share: running in the foreground until a signal.
 
-The composition roots (`runlet.daemon`, `runlet.server`) build their actors; this module only
+The composition roots (`roots.daemon`, `roots.server`) build their actors; this module only
 knows the shape every role has — a context, an I/O loop, a metrics endpoint — and how to stop
 it cleanly on SIGTERM/SIGINT, returning the process exit status.
 """
@@ -11,10 +11,10 @@ import signal
 
 import structlog
 
-from runlet.aio import LoopThread
+from runlet.adapters.metrics_http import MetricsEndpoint
 from runlet.config import Config
-from runlet.exposition import MetricsEndpoint
-from runlet.runtime import Context
+from runlet.runtime.actor import Context
+from runlet.runtime.loop import LoopThread
 
 log = structlog.get_logger(__name__)
 

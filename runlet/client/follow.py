@@ -18,11 +18,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-from runlet.client import Client, Reassembler, Watch, exit_status
+from runlet.client.session import Client, Reassembler, Watch, exit_status
+from runlet.client.terminal import DetachScanner, RawMode, terminal_size
 from runlet.errors import JobNotFound
-from runlet.messages import JobStateChanged, OutputChunk, ReplayFinished
-from runlet.payloads import Control
-from runlet.terminal import DetachScanner, RawMode, terminal_size
+from runlet.protocol.messages import JobStateChanged, OutputChunk, ReplayFinished
+from runlet.protocol.payloads import Control
 
 DETACHED = -1
 GAP_REPLAY_SECONDS = 1.0

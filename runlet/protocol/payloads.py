@@ -1,6 +1,6 @@
 """What travels sealed: the job's command, control requests and keystrokes.
 
-Each payload is a small msgpack map, sealed under the job's key (`runlet.crypto.JobKey`) with
+Each payload is a small msgpack map, sealed under the job's key (`crypto.JobKey`) with
 its kind, sender and sequence number as associated data, and validated as strictly as the
 clear wire messages once opened.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 import msgpack
 
-from runlet.crypto import JobKey, Kind
 from runlet.errors import ProtocolError
+from runlet.protocol.crypto import JobKey, Kind
 
 MAX_ARGV = 4096
 MAX_ENV = 512

@@ -35,8 +35,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
-from runlet.crypto import OVERHEAD, JobKey, Kind
 from runlet.errors import ClosedError, ProtocolError, StorageError
+from runlet.protocol.crypto import OVERHEAD, JobKey, Kind
 
 __all__ = [
     "FLAG_FINAL",

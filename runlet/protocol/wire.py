@@ -76,6 +76,37 @@ def encode(msg: object) -> bytes:
     return data
 
 
+def encode_rows(rows: list[dict[str, Any]]) -> bytes:
+    """Encode a query answer's rows (maps of plain values; tuples and sets become lists)."""
+    data: bytes = msgpack.packb(rows, use_bin_type=True, default=_plain)
+    return data
+
+
+def decode_rows(data: bytes) -> list[dict[str, Any]]:
+    """Decode a query answer's rows, with bounds; anything else raises ProtocolError."""
+    try:
+        rows = msgpack.unpackb(
+            data,
+            raw=False,
+            max_bin_len=0,
+            max_ext_len=0,
+            max_str_len=1 << 20,
+            max_array_len=100_000,
+            max_map_len=64,
+        )
+    except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
+        raise ProtocolError("the server's answer is not valid msgpack") from exc
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ProtocolError("the server's answer is not a list of rows")
+    return rows
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, tuple | frozenset | set):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
 def decode(data: bytes) -> Any:
     """Decode and validate bytes into their message; any fault raises ProtocolError."""
     raw = _unpack(data)

@@ -3,15 +3,15 @@
 Past-tense names are facts (`JobStateChanged`), imperative names are requests (`StartJob`).
 Routing metadata (ids, node names, states, sizes) is clear; what is the user's business —
 command, environment, input, output, control — travels sealed under the job's key
-(`runlet.crypto`), so the broker never sees it.
+(`runlet.protocol.crypto`), so the broker never sees it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runlet.addresses import valid_job_id, valid_name
-from runlet.wire import message
+from runlet.protocol.addresses import valid_job_id, valid_name
+from runlet.protocol.wire import message
 
 STATES = (
     "submitted",

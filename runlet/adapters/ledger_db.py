@@ -1,6 +1,6 @@
 """The server's ledger in PostgreSQL (asyncpg): users, nodes, jobs and every job state change.
 
-Tables (runlet/migrations/NNNN_*.sql, applied by `Ledger.migrate`)::
+Tables (runlet/adapters/migrations/NNNN_*.sql, applied by `Ledger.migrate`)::
 
     users        the accounts made by `runlet user add`
     nodes        per (user, node): platform, version, tags, last seen, running, queued, online
@@ -54,7 +54,6 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 import asyncpg
 import structlog
 
-from runlet.addresses import valid_job_id, valid_name
 from runlet.errors import (
     EXIT_SOFTWARE,
     ClosedError,
@@ -63,7 +62,8 @@ from runlet.errors import (
     ProtocolError,
     RunletError,
 )
-from runlet.messages import STATES, TERMINAL, JobStateChanged, NodeHeartbeat
+from runlet.protocol.addresses import valid_job_id, valid_name
+from runlet.protocol.messages import STATES, TERMINAL, JobStateChanged, NodeHeartbeat
 
 __all__ = [
     "JobRow",
@@ -175,7 +175,7 @@ class Migration:
 
 def load_migrations(folder: Traversable | None = None) -> list[Migration]:
     """The migration files in `folder` (the package's), in order; MigrationError if misnamed."""
-    folder = folder if folder is not None else resources.files("runlet.migrations")
+    folder = folder if folder is not None else resources.files("runlet.adapters.migrations")
     found: list[Migration] = []
     for entry in folder.iterdir():
         if not entry.name.endswith(".sql"):

@@ -15,13 +15,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import msgpack
-
-from runlet import addresses, wire
-from runlet.broker import Broker, Incoming, QueueSpec
+from runlet.adapters.broker import Broker, Incoming, QueueSpec
 from runlet.config import Config
 from runlet.errors import NoSuchTarget, ProtocolError, RunletError, ServiceError
-from runlet.messages import Query, QueryAnswered
+from runlet.protocol import addresses, wire
+from runlet.protocol.messages import Query, QueryAnswered
 
 ANSWER_SECONDS = 15.0
 _SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -93,21 +91,7 @@ async def ask(config: Config, query: Query) -> list[dict[str, Any]]:
     answer = wire.decode_as(body, QueryAnswered)
     if not answer.ok:
         raise RunletError(answer.error or "the server refused the query")
-    try:
-        rows = msgpack.unpackb(
-            answer.rows,
-            raw=False,
-            max_bin_len=0,
-            max_ext_len=0,
-            max_str_len=1 << 20,
-            max_array_len=100_000,
-            max_map_len=64,
-        )
-    except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
-        raise ProtocolError("the server's answer is not valid msgpack") from exc
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise ProtocolError("the server's answer is not a list of rows")
-    return rows
+    return wire.decode_rows(answer.rows)
 
 
 def render(formatter: Callable[[Any], str], rows: Any) -> str:

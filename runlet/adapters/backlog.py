@@ -17,8 +17,8 @@ import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from runlet.adapters.logfile import scan_log
 from runlet.errors import StorageError
-from runlet.logfile import scan_log
 
 MARKER_SUFFIX = ".uploaded"
 LOG_SUFFIX = ".rlog"

@@ -50,8 +50,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from runlet import addresses
 from runlet.errors import BrokerUnavailable, RunletError
+from runlet.protocol import addresses
 
 BROKER_USER_PREFIX = "runlet-"
 _HASHING = "rabbit_password_hashing_sha256"

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from runlet import addresses, wire
-from runlet.broker import Incoming, QueueSpec
-from runlet.client import Client, Reassembler, Watch
+from runlet.adapters.broker import Incoming, QueueSpec
+from runlet.client.session import Client, Reassembler, Watch
 from runlet.errors import NoSuchTarget
-from runlet.messages import JobStateChanged, OutputChunk, Ping, Pong
-from runlet.payloads import Control, JobSpec
+from runlet.protocol import addresses, wire
+from runlet.protocol.messages import JobStateChanged, OutputChunk, Ping, Pong
+from runlet.protocol.payloads import Control, JobSpec
 
 ECHO_JOB = "stty raw -echo; exec cat"
 

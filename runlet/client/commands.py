@@ -11,14 +11,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runlet.client import Client, Submitted, Watch, exit_status, target_of
+from runlet.client.follow import DETACHED, Follower, Options
+from runlet.client.session import Client, Submitted, Watch, exit_status, target_of
+from runlet.client.terminal import parse_key, terminal_size
 from runlet.config import Config
-from runlet.crypto import FleetKey
 from runlet.errors import EXIT_DATAERR, EXIT_USAGE, JobNotFound, NoSuchTarget, ProtocolError
-from runlet.messages import JobStateChanged, OutputChunk, parse_target
-from runlet.payloads import Control, JobSpec
-from runlet.terminal import parse_key, terminal_size
-from runlet.viewer import DETACHED, Follower, Options
+from runlet.protocol.crypto import FleetKey
+from runlet.protocol.messages import JobStateChanged, OutputChunk, parse_target
+from runlet.protocol.payloads import Control, JobSpec
 
 DISCOVERY_SECONDS = 2.0  # how long a fan-out waits to hear which nodes took the job
 
@@ -43,7 +43,7 @@ async def run_job(
     rows, cols = terminal_size(0)
     fans_out = parse_target(target)[0] in ("all", "tag")
     async with Client(config, key) as client:
-        from runlet.addresses import new_job_id
+        from runlet.protocol.addresses import new_job_id
 
         job_id = new_job_id()
         watch = await client.watch(job_id, fans_out=fans_out)
@@ -109,7 +109,7 @@ async def _discover(watch: Watch, job_id: str) -> list[str]:
 
 async def _follow_fanout(client: Client, watch: Watch, submitted: Submitted) -> int:
     """Follow every node's execution, output prefixed with the node's name."""
-    from runlet.client import Reassembler
+    from runlet.client.session import Reassembler
 
     streams: dict[str, Reassembler] = {}
     finals: dict[str, JobStateChanged] = {}
@@ -197,7 +197,7 @@ async def cancel_job(config: Config, key: FleetKey, job_id: str, *, wait: bool) 
 
 
 def _job_id(text: str) -> str:
-    from runlet.addresses import valid_job_id
+    from runlet.protocol.addresses import valid_job_id
 
     if not valid_job_id(text):
         raise ProtocolError(f"not a job id: {text[:80]!r} (32 hex digits, optionally .NODE)")
@@ -265,13 +265,13 @@ async def logs_job(config: Config, key: FleetKey, args: argparse.Namespace) -> i
 
 async def _stored_log(config: Config, job_id: str, local: Path, *, node: str | None) -> Path | None:
     """The path of a finished copy of the log (local or fetched), or None to ask the nodes."""
-    from runlet.reconciler import local_log
+    from runlet.client.reconciler import local_log
 
     if config.storage is None:
         found = local_log(local)
         return local if found is not None and found.final else None
-    from runlet.blobstore import BlobStore
-    from runlet.reconciler import reconcile
+    from runlet.adapters.blobstore import BlobStore
+    from runlet.client.reconciler import reconcile
 
     local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     async with BlobStore(config.storage, config.user) as store:
@@ -307,7 +307,7 @@ def _progress() -> Callable[[int, int], None]:
 
 
 def _print_log(path: Path, job_id: str, key: FleetKey, args: argparse.Namespace) -> int:
-    from runlet.logview import show_log
+    from runlet.client.logview import show_log
 
     raw = args.raw or sys.stdout.isatty()
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runlet.crypto import FleetKey
+from runlet.adapters.logfile import LogDamage, open_output, read_records
 from runlet.errors import CryptoError, ProtocolError, StorageError
-from runlet.logfile import LogDamage, open_output, read_records
+from runlet.protocol.crypto import FleetKey
 
 
 @dataclass

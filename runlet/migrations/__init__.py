@@ -1,1 +1,0 @@
-"""The ledger's SQL migrations (NNNN_name.sql), shipped as package data; see runlet.database."""
