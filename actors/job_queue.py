@@ -25,6 +25,7 @@ from runlet.protocol.messages import (
     StartJob,
 )
 from runlet.protocol.payloads import Control, JobSpec
+from runlet.protocol.states import LIVE
 from runlet.runtime.actor import GATEWAY, Actor, Context, supervise
 from runlet.runtime.local_messages import (
     ChildDied,
@@ -237,7 +238,7 @@ class JobQueue(Actor):
 
     def _session_crashed(self, job_id: str, error: str) -> None:
         entry = self._journal.get(job_id)
-        if entry is None or entry.state not in ("queued", "running"):
+        if entry is None or entry.state not in LIVE:
             return
         if entry.state == "running":
             metrics.JOBS_RUNNING.dec()

@@ -244,7 +244,8 @@ async def follow_to_end(
 ) -> tuple[bytes, Any]:
     """Collect a job's output in order until its final state and its FINAL chunk are in."""
     from runlet.client.session import Reassembler
-    from runlet.protocol.messages import TERMINAL, JobStateChanged, OutputChunk, ReplayFinished
+    from runlet.protocol.messages import JobStateChanged, OutputChunk, ReplayFinished
+    from runlet.protocol.states import TERMINAL
 
     reasm = Reassembler(client.key, job_id, start)
     out = bytearray()

@@ -25,37 +25,13 @@ from types import TracebackType
 from typing import Any, Self
 
 from runlet.errors import ClosedError, JobNotFound, StorageError
+from runlet.protocol.states import NEXT, NODE_STATES, TERMINAL, JobState
 
 SCHEMA_VERSION = 1
 
-QUEUED = "queued"
-RUNNING = "running"
-EXITED = "exited"
-KILLED = "killed"
-TIMED_OUT = "timed_out"
-CANCELLED = "cancelled"
-INTERRUPTED = "interrupted"
-EXPIRED = "expired"
-REJECTED = "rejected"
-
-STATES: tuple[str, ...] = (
-    QUEUED,
-    RUNNING,
-    EXITED,
-    KILLED,
-    TIMED_OUT,
-    CANCELLED,
-    INTERRUPTED,
-    EXPIRED,
-    REJECTED,
-)
-TERMINAL_STATES: frozenset[str] = frozenset(STATES) - {QUEUED, RUNNING}
-
-# Terminal states lead nowhere; a state not listed as a key is terminal.
-_NEXT: dict[str, frozenset[str]] = {
-    QUEUED: frozenset({RUNNING, CANCELLED, EXPIRED, REJECTED, INTERRUPTED}),
-    RUNNING: frozenset({EXITED, KILLED, TIMED_OUT, CANCELLED, INTERRUPTED}),
-}
+QUEUED, RUNNING = JobState.QUEUED, JobState.RUNNING
+STATES = NODE_STATES
+TERMINAL_STATES: frozenset[str] = frozenset(NODE_STATES) & TERMINAL
 
 # Separate statements: executescript() would commit the transaction that checks the version.
 _SCHEMA = (
@@ -183,7 +159,7 @@ class Journal:
             current = self._select_one(conn, job_id)
             if current is None:
                 raise JobNotFound(f"job {job_id} is not in the journal", job_id=job_id)
-            if state not in _NEXT.get(current.state, frozenset()):
+            if state not in NEXT.get(current.state, frozenset()):
                 raise ValueError(f"job {job_id} cannot go from {current.state} to {state}")
             conn.execute(
                 "UPDATE jobs SET state = :state, state_seq = state_seq + 1,"

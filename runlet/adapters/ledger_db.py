@@ -63,7 +63,8 @@ from runlet.errors import (
     RunletError,
 )
 from runlet.protocol.addresses import valid_job_id, valid_name
-from runlet.protocol.messages import STATES, TERMINAL, JobStateChanged, NodeHeartbeat
+from runlet.protocol.messages import JobStateChanged, NodeHeartbeat
+from runlet.protocol.states import STATES, TERMINAL
 
 __all__ = [
     "JobRow",

@@ -23,6 +23,7 @@ from runlet.client.terminal import DetachScanner, RawMode, terminal_size
 from runlet.errors import JobNotFound
 from runlet.protocol.messages import JobStateChanged, OutputChunk, ReplayFinished
 from runlet.protocol.payloads import Control
+from runlet.protocol.states import TERMINAL
 
 DETACHED = -1
 GAP_REPLAY_SECONDS = 1.0
@@ -134,20 +135,7 @@ class Follower:
                 self.replayed_to = msg.next_seq
                 if msg.state == "running":
                     self.running.set()
-                if (
-                    msg.state
-                    in (
-                        "exited",
-                        "killed",
-                        "cancelled",
-                        "timed_out",
-                        "interrupted",
-                        "expired",
-                        "rejected",
-                        "lost",
-                    )
-                    and self.final is None
-                ):
+                if msg.state in TERMINAL and self.final is None:
                     self._state(
                         JobStateChanged(
                             job_id,

@@ -34,6 +34,7 @@ from runlet.protocol.messages import (
     parse_target,
 )
 from runlet.protocol.payloads import Control, JobSpec, seal_input
+from runlet.protocol.states import shell_status
 
 Say = Callable[[str], None]
 
@@ -69,22 +70,9 @@ def target_of(spec: str, own_node: str) -> str:
     return f"node:{spec}"
 
 
-def exit_status(event: JobStateChanged) -> int:  # noqa: PLR0911 - one return per state
+def exit_status(event: JobStateChanged) -> int:
     """The shell-style exit status a client reports for a job's final state."""
-    match event.state:
-        case "exited":
-            return event.exit_code if event.exit_code is not None else 1
-        case "killed" | "cancelled" if event.signal is not None:
-            return 128 + event.signal
-        case "cancelled":
-            return 130
-        case "timed_out":
-            return 124
-        case "expired" | "interrupted" | "lost":
-            return 75
-        case "rejected":
-            return 65
-    return 1
+    return shell_status(event.state, event.exit_code, event.signal)
 
 
 class Client:

@@ -11,24 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runlet.protocol.addresses import valid_job_id, valid_name
+from runlet.protocol.states import STATES, TERMINAL
 from runlet.protocol.wire import message
 
-STATES = (
-    "submitted",
-    "queued",
-    "running",
-    "exited",
-    "killed",
-    "timed_out",
-    "cancelled",
-    "interrupted",
-    "expired",
-    "rejected",
-    "lost",
-)
-TERMINAL = frozenset(
-    {"exited", "killed", "timed_out", "cancelled", "interrupted", "expired", "rejected", "lost"}
-)
 MAX_CHUNK = 64 * 1024  # plaintext bytes of one output chunk
 MAX_SEALED = MAX_CHUNK + 1024
 

@@ -29,8 +29,9 @@ from runlet.client.session import Client
 from runlet.config import load_config
 from runlet.protocol import addresses, wire
 from runlet.protocol.addresses import new_job_id
-from runlet.protocol.messages import TERMINAL, JobStateChanged
+from runlet.protocol.messages import JobStateChanged
 from runlet.protocol.payloads import JobSpec
+from runlet.protocol.states import TERMINAL
 from runlet.roots.server import Server
 from tests.bench.common import DSN, Bench, vm_rss_kib
 from tests.bench.report import Figure, Row, Section

@@ -28,7 +28,8 @@ from runlet.adapters.ledger_db import (
     load_migrations,
 )
 from runlet.errors import ClosedError, DatabaseUnavailable, ProtocolError
-from runlet.protocol.messages import STATES, JobStateChanged, NodeHeartbeat, StartJob
+from runlet.protocol.messages import JobStateChanged, NodeHeartbeat, StartJob
+from runlet.protocol.states import STATES
 from tests.support import run
 
 DSN = os.environ.get("RUNLET_TEST_DATABASE", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -10,7 +10,8 @@ from runlet.client.commands import unescape
 from runlet.client.session import Reassembler, exit_status, target_of
 from runlet.errors import ProtocolError
 from runlet.protocol.crypto import FleetKey, Kind
-from runlet.protocol.messages import STATES, JobStateChanged, OutputChunk
+from runlet.protocol.messages import JobStateChanged, OutputChunk
+from runlet.protocol.states import STATES
 
 JOB = "0123456789abcdef0123456789abcdef"
 FLEET = FleetKey(bytes(range(32)))

@@ -9,6 +9,7 @@ import pytest
 
 from runlet.protocol import addresses as a
 from runlet.protocol import messages as m
+from runlet.protocol import states
 
 JOB = "0123456789abcdef0123456789abcdef"
 HOSTILE_NAMES = [
@@ -137,7 +138,7 @@ def test_messages_are_frozen() -> None:
 # --- states --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("state", m.STATES)
+@pytest.mark.parametrize("state", states.STATES)
 def test_job_state_terminal(state: str) -> None:
     """Only states a job never leaves are terminal."""
     event = m.JobStateChanged(JOB, "n", state, 0, 1.0)
@@ -146,7 +147,25 @@ def test_job_state_terminal(state: str) -> None:
 
 def test_terminal_states_are_known_states() -> None:
     """TERMINAL is a subset of STATES and leaves out exactly the three live ones."""
-    assert set(m.STATES) - m.TERMINAL == {"submitted", "queued", "running"}
+    assert set(states.STATES) - states.TERMINAL == {"submitted", "queued", "running"}
+
+
+def test_the_transition_table_leads_from_live_states_to_node_states_only() -> None:
+    """NEXT has a row for each live state; every move ends in a state a node records."""
+    assert set(states.NEXT) == states.LIVE
+    for moves in states.NEXT.values():
+        assert moves <= set(states.NODE_STATES)
+        assert "submitted" not in moves
+    assert "lost" not in states.NODE_STATES  # only the server says lost
+
+
+def test_job_state_is_its_plain_name() -> None:
+    """A JobState compares, hashes and encodes as the plain string that travels."""
+    timed_out: str = states.JobState.TIMED_OUT
+    assert timed_out == "timed_out"
+    by_state: dict[str, int] = {states.JobState.RUNNING: 1}
+    assert by_state["running"] == 1
+    assert str(states.JobState.LOST) == "lost"
 
 
 @pytest.mark.parametrize("state", ["", "Running", "finished", "exited\n"])
