@@ -29,8 +29,8 @@ from runlet.protocol import addresses, wire
 from runlet.protocol.messages import ControlSent, InputSent, Ping, Pong, ReplayRequested, StartJob
 from runlet.runtime.actor import Actor, Context
 from runlet.runtime.local_messages import CloseJobQueues, Delivered, OpenJobQueues, Publish, Settle
+from runlet.runtime.names import GATEWAY, JOB_QUEUE, session_name
 
-JOB_QUEUE = "job_queue"
 DURABLE_PUBLISH_WINDOW = 3600.0  # seconds a state change is retried before it is given up
 
 Route = Callable[[object], str | None]
@@ -48,7 +48,7 @@ class _Lane:
 class BrokerGateway(Actor):
     """Owns the broker adapter; every coroutine it starts runs on the shared I/O loop."""
 
-    def __init__(self, ctx: Context, name: str = "gateway") -> None:
+    def __init__(self, ctx: Context, name: str = GATEWAY) -> None:
         super().__init__(ctx, name)
         settings = ctx.settings
         self.user: str = settings.user
@@ -193,7 +193,7 @@ class BrokerGateway(Actor):
         def route(msg: object) -> str | None:
             match msg:
                 case InputSent(job_id=jid) if concern == "input" and jid == job_id:
-                    return f"pty:{job_id}"
+                    return session_name(job_id)
                 case ControlSent(job_id=jid) if concern == "control" and jid == job_id:
                     return JOB_QUEUE
             return None

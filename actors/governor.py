@@ -13,15 +13,15 @@ from collections import deque
 from runlet import metrics
 from runlet.runtime.actor import Actor, Context
 from runlet.runtime.local_messages import AdmissionTick, ReleaseSlot, RequestSlot, SlotGranted
+from runlet.runtime.names import GOVERNOR, JOB_QUEUE
 
-JOB_QUEUE = "job_queue"
 LOAD_RECHECK_SECONDS = 2.0
 
 
 class Governor(Actor):
     """Grants start slots; holds the waiting line."""
 
-    def __init__(self, ctx: Context, name: str = "governor") -> None:
+    def __init__(self, ctx: Context, name: str = GOVERNOR) -> None:
         super().__init__(ctx, name)
         self.max_parallel: int = ctx.settings.jobs.max_parallel
         self.max_load: float | None = ctx.settings.jobs.max_load

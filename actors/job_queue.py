@@ -26,7 +26,7 @@ from runlet.protocol.messages import (
 )
 from runlet.protocol.payloads import Control, JobSpec
 from runlet.protocol.states import LIVE
-from runlet.runtime.actor import GATEWAY, Actor, Context, supervise
+from runlet.runtime.actor import Actor, Context, supervise
 from runlet.runtime.local_messages import (
     ChildDied,
     CloseJobQueues,
@@ -47,9 +47,7 @@ from runlet.runtime.local_messages import (
     StartSession,
     Terminate,
 )
-
-GOVERNOR = "governor"
-VAULT = "vault"
+from runlet.runtime.names import GATEWAY, GOVERNOR, VAULT, session_job, session_name
 
 
 class JobQueue(Actor):
@@ -74,7 +72,7 @@ class JobQueue(Actor):
         self.journal = Journal(self.journal_path)
         now = self.ctx.clock()
         for entry in self.journal.running():
-            if self.ctx.router.has(f"pty:{entry.job_id}"):
+            if self.ctx.router.has(session_name(entry.job_id)):
                 continue  # only this actor restarted: the session (and its child) lives on
             self.log.warning("job_interrupted", job=entry.job_id)
             self._finish(entry.job_id, "interrupted", detail="the daemon stopped while it ran")
@@ -126,9 +124,9 @@ class JobQueue(Actor):
                 entry = self._journal.get(job_id)
                 if entry is not None and entry.state != state:
                     self._change(job_id, state, target=target, **details)
-            case ChildDied(name=name, error=error) if name.startswith("pty:"):
-                self.starting.discard(name.removeprefix("pty:"))
-                self._session_crashed(name.removeprefix("pty:"), error)
+            case ChildDied(name=name, error=error) if (crashed := session_job(name)) is not None:
+                self.starting.discard(crashed)
+                self._session_crashed(crashed, error)
             case _:
                 self.unexpected(message)
 
@@ -175,7 +173,7 @@ class JobQueue(Actor):
 
     def _start(self, job_id: str) -> None:
         entry = self._journal.get(job_id)
-        if job_id in self.starting or self.ctx.router.has(f"pty:{job_id}"):
+        if job_id in self.starting or self.ctx.router.has(session_name(job_id)):
             return  # a repeated grant: its session exists already, or is being made
         if entry is None or entry.state != "queued":
             self.ctx.router.tell(GOVERNOR, ReleaseSlot(job_id))
@@ -184,7 +182,7 @@ class JobQueue(Actor):
         if request.deadline is not None and request.deadline < self.ctx.clock():
             self._finish(job_id, "expired", detail="its deadline passed while it waited")
             return
-        name = f"pty:{job_id}"
+        name = session_name(job_id)
         self.starting.add(job_id)
         factory = self.session_factory
         supervise(
@@ -199,7 +197,7 @@ class JobQueue(Actor):
         # "running" invites keystrokes: it is announced once the input queue exists
         announce = self._change(job_id, "running", send=False)
         if announce is None:  # cancelled while its session started: end that session now
-            self.ctx.router.tell(f"pty:{job_id}", Terminate(job_id, self.grace, "cancelled"))
+            self.ctx.router.tell(session_name(job_id), Terminate(job_id, self.grace, "cancelled"))
             return
         opening = OpenJobQueues(job_id, input=True, control=False, announce=announce)
         self.ctx.router.tell(GATEWAY, opening)
@@ -265,7 +263,7 @@ class JobQueue(Actor):
         entry = self._journal.get(job_id)
         if entry is None:
             return
-        session = f"pty:{job_id}"
+        session = session_name(job_id)
         match control.op:
             case "cancel" if entry.state == "queued" and self.ctx.router.has(session):
                 # its session is starting: ending it reports the job cancelled

@@ -31,6 +31,7 @@ from runlet.protocol.messages import (
     QueryAnswered,
 )
 from runlet.runtime.actor import Actor, Context
+from runlet.runtime.names import LEDGER
 
 SWEEP_SECONDS = 2.0
 USERS_SECONDS = 5.0
@@ -40,7 +41,7 @@ PRESENCE_TTL_MS = 120_000
 class Ledger(Actor):
     """Owns the database pool and one broker connection per user, all on the I/O loop."""
 
-    def __init__(self, ctx: Context, name: str = "ledger") -> None:
+    def __init__(self, ctx: Context, name: str = LEDGER) -> None:
         super().__init__(ctx, name)
         self.settings = ctx.settings
         self.server = ctx.settings.server

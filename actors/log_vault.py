@@ -38,12 +38,13 @@ from runlet.runtime.local_messages import (
     UploadDone,
     UploadTick,
 )
+from runlet.runtime.names import JOB_QUEUE, VAULT, session_name
 
 
 class LogVault(Actor):
     """Owns the `<data_dir>/vault/` folder and every open log writer."""
 
-    def __init__(self, ctx: Context, name: str = "vault") -> None:
+    def __init__(self, ctx: Context, name: str = VAULT) -> None:
         super().__init__(ctx, name)
         self.node: str = ctx.settings.node
         self.folder: Path = ctx.settings.data_dir / "vault"
@@ -151,7 +152,9 @@ class LogVault(Actor):
                 after_start=True,
             )
         )
-        self.ctx.router.tell(f"pty:{out.job_id}", OutputStored(out.job_id, out.seq, len(out.data)))
+        self.ctx.router.tell(
+            session_name(out.job_id), OutputStored(out.job_id, out.seq, len(out.data))
+        )
         if out.final and out.job_id in self.writers:
             self.writers.pop(out.job_id).close()
             self._enqueue(out.job_id)
@@ -166,7 +169,7 @@ class LogVault(Actor):
         except (StorageError, ValueError) as exc:
             self.broken[out.job_id] = str(exc)
             self.log.error("log_append_failed", job=out.job_id, seq=out.seq, error=str(exc))
-            self.ctx.router.tell("job_queue", LogFailed(out.job_id, out.seq, str(exc)))
+            self.ctx.router.tell(JOB_QUEUE, LogFailed(out.job_id, out.seq, str(exc)))
             if out.job_id in self.writers:
                 self.writers.pop(out.job_id).close()
 

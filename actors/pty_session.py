@@ -22,7 +22,7 @@ from runlet.protocol import wire
 from runlet.protocol.messages import MAX_CHUNK, InputSent, StartJob
 from runlet.protocol.payloads import JobSpec, open_input
 from runlet.protocol.states import ExitStatus
-from runlet.runtime.actor import GATEWAY, SUPERVISOR, Actor, Context
+from runlet.runtime.actor import Actor, Context
 from runlet.runtime.local_messages import (
     Delivered,
     GraceExpired,
@@ -37,9 +37,8 @@ from runlet.runtime.local_messages import (
     StartSession,
     Terminate,
 )
+from runlet.runtime.names import GATEWAY, JOB_QUEUE, SUPERVISOR, VAULT
 
-JOB_QUEUE = "job_queue"
-VAULT = "vault"
 COALESCE_SECONDS = 0.002  # wait this long for more output once a burst has started
 IDLE_SECONDS = 0.005  # output after this much quiet is sent at once (keystroke echo)
 HIGH_WATER = 4 * 1024 * 1024  # bytes owed by the vault before the pump stops reading

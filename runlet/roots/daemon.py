@@ -21,6 +21,7 @@ from runlet.roots.role import Role, run_in_foreground
 from runlet.runtime.actor import Context, Router, start_supervisor, supervise
 from runlet.runtime.local_messages import StartSession
 from runlet.runtime.loop import LoopThread
+from runlet.runtime.names import GATEWAY, GOVERNOR, JOB_QUEUE, VAULT
 
 log = structlog.get_logger(__name__)
 
@@ -51,10 +52,10 @@ class Daemon(Role):
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.metrics.start()
         start_supervisor(ctx)
-        supervise(ctx, "gateway", lambda: BrokerGateway.start(ctx))
-        supervise(ctx, "vault", lambda: LogVault.start(ctx))
-        supervise(ctx, "governor", lambda: Governor.start(ctx))
-        supervise(ctx, "job_queue", lambda: JobQueue.start(ctx))
+        supervise(ctx, GATEWAY, lambda: BrokerGateway.start(ctx))
+        supervise(ctx, VAULT, lambda: LogVault.start(ctx))
+        supervise(ctx, GOVERNOR, lambda: Governor.start(ctx))
+        supervise(ctx, JOB_QUEUE, lambda: JobQueue.start(ctx))
         log.info(
             "daemon_started",
             node=config.node,

@@ -14,6 +14,7 @@ from runlet.errors import ConfigError
 from runlet.roots.role import Role, run_in_foreground
 from runlet.runtime.actor import Context, Router, start_supervisor, supervise
 from runlet.runtime.loop import LoopThread
+from runlet.runtime.names import LEDGER
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +36,7 @@ class Server(Role):
         ctx = self.ctx
         self.metrics.start()
         start_supervisor(ctx)
-        supervise(ctx, "ledger", lambda: Ledger.start(ctx))
+        supervise(ctx, LEDGER, lambda: Ledger.start(ctx))
         log.info("server_started", node=self.config.node, metrics=self.metrics.url)
 
 

@@ -1,9 +1,9 @@
 """Actor base, local router and supervisor: the runtime every actor lives in.
 
-- `Router` maps names (`"job_queue"`, `"pty:<job>"`) to actor refs, so an actor addresses a
-  local receiver by name and a remote one through the gateway (`router.publish`) the same
-  way: it never holds another actor's class or ref. Messages for an actor that is being
-  restarted are held and handed to its new instance.
+- `Router` maps names (`runtime.names`: `JOB_QUEUE`, `session_name(job)`) to actor refs, so
+  an actor addresses a local receiver by name and a remote one through the gateway
+  (`router.publish`) the same way: it never holds another actor's class or ref. Messages for
+  an actor that is being restarted are held and handed to its new instance.
 - `Actor` is a pykka thread actor whose handler dispatches with `match`. An exception in a
   handler kills the instance (pykka cannot restart one); its `on_failure` tells the
   supervisor, which starts a new instance with backoff and logs the crash.
@@ -28,11 +28,9 @@ import structlog
 from runlet import metrics
 from runlet.runtime.local_messages import ChildDied, Publish, RestartChild
 from runlet.runtime.loop import LoopThread
+from runlet.runtime.names import GATEWAY, SUPERVISOR
 
 log = structlog.get_logger(__name__)
-
-GATEWAY = "gateway"
-SUPERVISOR = "supervisor"
 
 
 class Router:

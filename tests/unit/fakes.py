@@ -21,9 +21,10 @@ from prometheus_client import REGISTRY
 
 from runlet.protocol.crypto import FleetKey, JobKey
 from runlet.protocol.states import ExitStatus
-from runlet.runtime.actor import SUPERVISOR, Context, Router
+from runlet.runtime.actor import Context, Router
 from runlet.runtime.local_messages import SessionEnded, SessionStarted, StartSession
 from runlet.runtime.loop import LoopThread
+from runlet.runtime.names import SUPERVISOR
 
 T = TypeVar("T")
 

@@ -13,8 +13,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from runlet.runtime.actor import (
-    GATEWAY,
-    SUPERVISOR,
     Actor,
     Context,
     Supervisor,
@@ -22,6 +20,7 @@ from runlet.runtime.actor import (
     supervise,
 )
 from runlet.runtime.local_messages import ChildDied, Publish
+from runlet.runtime.names import GATEWAY, SUPERVISOR
 from tests.unit.fakes import (
     DEADLINE,
     FakeActor,
