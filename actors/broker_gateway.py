@@ -28,7 +28,14 @@ from runlet.errors import BrokerUnavailable, NoSuchTarget, ProtocolError, Runlet
 from runlet.protocol import addresses, wire
 from runlet.protocol.messages import ControlSent, InputSent, Ping, Pong, ReplayRequested, StartJob
 from runlet.runtime.actor import Actor, Context
-from runlet.runtime.local_messages import CloseJobQueues, Delivered, OpenJobQueues, Publish, Settle
+from runlet.runtime.local_messages import (
+    CloseJobQueues,
+    Delivered,
+    LoopTaskFailed,
+    OpenJobQueues,
+    Publish,
+    Settle,
+)
 from runlet.runtime.names import GATEWAY, JOB_QUEUE, session_name
 
 DURABLE_PUBLISH_WINDOW = 3600.0  # seconds a state change is retried before it is given up
@@ -97,7 +104,7 @@ class BrokerGateway(Actor):
                 self.ctx.loop.submit(
                     self._in_order(job_id, self._close_job(job_id), closes=True), self._log_failure
                 )
-            case ("setup_failed", str(error)):
+            case LoopTaskFailed(error=error):
                 raise BrokerUnavailable(error)
             case _:
                 self.unexpected(message)
@@ -141,7 +148,7 @@ class BrokerGateway(Actor):
         exc = future.exception()
         if exc is not None:
             self.log.error("broker_setup_failed", error=repr(exc))
-            self.actor_ref.tell(("setup_failed", repr(exc)))
+            self.actor_ref.tell(LoopTaskFailed(repr(exc)))
 
     async def _reconnected(self) -> None:
         metrics.RECONNECTS.inc()

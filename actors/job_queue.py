@@ -31,6 +31,7 @@ from runlet.runtime.local_messages import (
     ChildDied,
     CloseJobQueues,
     Delivered,
+    HeartbeatDue,
     LogFailed,
     OpenJobQueues,
     OpenLog,
@@ -39,6 +40,7 @@ from runlet.runtime.local_messages import (
     Replay,
     RequestSlot,
     ResizeSession,
+    RetryJournal,
     SessionEnded,
     SessionStarted,
     Settle,
@@ -118,9 +120,9 @@ class JobQueue(Actor):
                 self._ended(message)
             case LogFailed(job_id=job_id, seq=seq, reason=reason):
                 self.log_problems[job_id] = f"its log is incomplete from chunk {seq}: {reason}"
-            case ("heartbeat",):
+            case HeartbeatDue():
                 self._heartbeat()
-            case ("journal_retry", str(job_id), str(state), str(target), dict(details)):
+            case RetryJournal(job_id=job_id, state=state, target=target, details=details):
                 entry = self._journal.get(job_id)
                 if entry is not None and entry.state != state:
                     self._change(job_id, state, target=target, **details)
@@ -319,7 +321,7 @@ class JobQueue(Actor):
                 message_id=f"{self.node}:beat:{beat.at}",
             )
         )
-        self.tell_self_later(self.ctx.settings.broker.presence_seconds, ("heartbeat",))
+        self.tell_self_later(self.ctx.settings.broker.presence_seconds, HeartbeatDue())
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -374,7 +376,7 @@ class JobQueue(Actor):
         if entry is None:
             return None
         self.log.error("job_state_not_journaled", job=job_id, state=state, error=error)
-        self.tell_self_later(1.0, ("journal_retry", job_id, state, target, details))
+        self.tell_self_later(1.0, RetryJournal(job_id, state, target, details))
         event = JobStateChanged(
             job_id,
             self.node,

@@ -31,6 +31,7 @@ from runlet.protocol.messages import (
     QueryAnswered,
 )
 from runlet.runtime.actor import Actor, Context
+from runlet.runtime.local_messages import LoopTaskFailed
 from runlet.runtime.names import LEDGER
 
 SWEEP_SECONDS = 2.0
@@ -63,7 +64,7 @@ class Ledger(Actor):
 
     def handle(self, message: object) -> None:
         match message:
-            case ("failed", str(error)):
+            case LoopTaskFailed(error=error):
                 raise DatabaseUnavailable(error)  # crash: the supervisor restarts us
             case _:
                 self.unexpected(message)
@@ -75,7 +76,7 @@ class Ledger(Actor):
         if exc is not None:
             self.log.error("ledger_failed", error=repr(exc))
             try:
-                self.actor_ref.tell(("failed", repr(exc)))
+                self.actor_ref.tell(LoopTaskFailed(repr(exc)))
             except Exception:  # noqa: BLE001 - already stopping
                 return
 

@@ -33,6 +33,7 @@ from runlet.runtime.local_messages import (
     OutputProduced,
     OutputStored,
     Publish,
+    ReopenStore,
     Replay,
     StoreOpened,
     UploadDone,
@@ -98,8 +99,8 @@ class LogVault(Actor):
             case StoreOpened(error=error):
                 self.log.warning("store_unavailable", error=error)
                 self.attempts["(store)"] = self.attempts.get("(store)", 0) + 1
-                self.tell_self_later(backlog.backoff(self.attempts["(store)"]), ("reopen",))
-            case ("reopen",):
+                self.tell_self_later(backlog.backoff(self.attempts["(store)"]), ReopenStore())
+            case ReopenStore():
                 self._open_store()
             case UploadTick():
                 self.tick_pending = False

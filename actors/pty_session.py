@@ -25,16 +25,19 @@ from runlet.protocol.states import ExitStatus
 from runlet.runtime.actor import Actor, Context
 from runlet.runtime.local_messages import (
     Delivered,
+    ForgetChild,
     GraceExpired,
     OpenLog,
     OutputProduced,
     OutputStored,
+    ProcessExited,
     ResizeSession,
     SessionEnded,
     SessionStarted,
     Settle,
     SignalSession,
     StartSession,
+    StopSession,
     Terminate,
 )
 from runlet.runtime.names import GATEWAY, JOB_QUEUE, SUPERVISOR, VAULT
@@ -81,7 +84,7 @@ class PtySession(Actor):
             self.log.warning("job_spawn_failed", error=str(exc))
             self.ctx.router.tell(JOB_QUEUE, SessionEnded(self.job_id, "failed", detail=str(exc)))
             self.done = True
-            self.actor_ref.tell(("stop",))
+            self.actor_ref.tell(StopSession())
             return
         self.ctx.router.tell(VAULT, OpenLog(self.job_id))
         ref = self.actor_ref
@@ -89,7 +92,7 @@ class PtySession(Actor):
             self.ctx.loop.loop,
             self.pty,
             emit=self._emit,
-            exited=lambda status: _tell(ref, ("exited", status)),
+            exited=lambda status: _tell(ref, ProcessExited(status)),
         )
         self.ctx.loop.call(self.pump.start)
         self.ctx.router.tell(JOB_QUEUE, SessionStarted(self.job_id, self.pty.pid))
@@ -108,7 +111,7 @@ class PtySession(Actor):
         elif self.pty is not None:
             self.pty.close()
         self.ctx.router.unregister(self.name, self.actor_ref)
-        self.ctx.router.tell(SUPERVISOR, ("forget", self.name))
+        self.ctx.router.tell(SUPERVISOR, ForgetChild(self.name))
 
     def handle(self, message: object) -> None:
         match message:
@@ -126,9 +129,9 @@ class PtySession(Actor):
                 self.ended_by = "SIGKILL"
                 self.log.info("job_killed_after_grace")
                 self.pty.signal(signal.SIGKILL)
-            case ("exited", ExitStatus() as status):
+            case ProcessExited(status=status):
                 self._exited(status)
-            case ("stop",):
+            case StopSession():
                 self.stop()
             case _:
                 self.unexpected(message)

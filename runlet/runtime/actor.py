@@ -26,7 +26,7 @@ import pykka
 import structlog
 
 from runlet import metrics
-from runlet.runtime.local_messages import ChildDied, Publish, RestartChild
+from runlet.runtime.local_messages import ChildDied, ForgetChild, Publish, RestartChild, StartChild
 from runlet.runtime.loop import LoopThread
 from runlet.runtime.names import GATEWAY, SUPERVISOR
 
@@ -220,7 +220,7 @@ class Supervisor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case ("start", str(name), factory, bool(permanent), notify):
+            case StartChild(name=name, factory=factory, permanent=permanent, notify=notify):
                 self._children[name] = _Child(factory, permanent, notify)
                 self._start(name)
             case ChildDied(name=name, error=error):
@@ -228,7 +228,7 @@ class Supervisor(pykka.ThreadingActor):
             case RestartChild(name=name):
                 if name in self._children and not self.ctx.stopping.is_set():
                     self._start(name)
-            case ("forget", str(name)):
+            case ForgetChild(name=name):
                 self._children.pop(name, None)
             case _:
                 log.warning("message_unexpected", actor=SUPERVISOR, type=type(message).__name__)
@@ -286,7 +286,7 @@ def supervise(
     ctx: Context, name: str, factory: Factory, *, permanent: bool = True, notify: str | None = None
 ) -> None:
     """Ask the supervisor to start (and look after) the actor `factory` makes under `name`."""
-    if not ctx.router.tell(SUPERVISOR, ("start", name, factory, permanent, notify)):
+    if not ctx.router.tell(SUPERVISOR, StartChild(name, factory, permanent, notify)):
         raise RuntimeError("no supervisor is running")
 
 

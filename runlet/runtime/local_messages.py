@@ -6,7 +6,9 @@ messages: frozen, slotted, typed, past tense for facts and imperative for reques
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from runlet.protocol.states import ExitStatus
 
@@ -237,3 +239,59 @@ class LogFailed:
     job_id: str
     seq: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartChild:
+    """Ask the supervisor to start `factory`'s actor as `name` and look after it."""
+
+    name: str
+    factory: Callable[[], Any]
+    permanent: bool = True  # restarted after a crash; a temporary child is only reported
+    notify: str | None = None  # told ChildDied when a temporary child crashes
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetChild:
+    """A child stopped for good: the supervisor no longer looks after `name`."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoopTaskFailed:
+    """A long-running coroutine of the actor failed for good: the actor crashes and restarts."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReopenStore:
+    """Time to try opening the blob store again."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopSession:
+    """The session has nothing left to do: stop the actor."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExited:
+    """The job's process ended (seen by the PTY adapter's exit watcher)."""
+
+    status: ExitStatus
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatDue:
+    """Time for the node's next heartbeat."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryJournal:
+    """Try again to journal a state change the journal could not take (disk full)."""
+
+    job_id: str
+    state: str
+    target: str
+    details: dict[str, Any]

@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 from runlet.protocol.crypto import FleetKey, JobKey
 from runlet.protocol.states import ExitStatus
 from runlet.runtime.actor import Context, Router
-from runlet.runtime.local_messages import SessionEnded, SessionStarted, StartSession
+from runlet.runtime.local_messages import ForgetChild, SessionEnded, SessionStarted, StartSession
 from runlet.runtime.loop import LoopThread
 from runlet.runtime.names import SUPERVISOR
 
@@ -244,7 +244,7 @@ class FakeSession(pykka.ThreadingActor):
 
     def on_stop(self) -> None:  # as PtySession does
         self.ctx.router.unregister(self.name, self.actor_ref)
-        self.ctx.router.tell(SUPERVISOR, ("forget", self.name))
+        self.ctx.router.tell(SUPERVISOR, ForgetChild(self.name))
 
 
 class Sessions:

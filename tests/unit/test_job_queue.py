@@ -24,6 +24,7 @@ from runlet.runtime.local_messages import (
     ChildDied,
     CloseJobQueues,
     Delivered,
+    ForgetChild,
     OpenJobQueues,
     OpenLog,
     Publish,
@@ -110,7 +111,7 @@ class Node:
             self.queue.ask(SessionEnded("-barrier-", "exited"), timeout=DEADLINE)
             if self.governor is None:
                 self.governor_ref.proxy().max_parallel.get(timeout=DEADLINE)
-            self.supervisor.ask(("forget", "-nobody-"), timeout=DEADLINE)
+            self.supervisor.ask(ForgetChild("-nobody-"), timeout=DEADLINE)
         fakes = [self.gateway_ref, self.vault_ref, *self.sessions.all_refs()]
         if self.governor is not None:
             fakes.append(self.governor_ref)

@@ -19,7 +19,7 @@ from runlet.runtime.actor import (
     start_supervisor,
     supervise,
 )
-from runlet.runtime.local_messages import ChildDied, Publish
+from runlet.runtime.local_messages import ChildDied, ForgetChild, Publish
 from runlet.runtime.names import GATEWAY, SUPERVISOR
 from tests.unit.fakes import (
     DEADLINE,
@@ -190,7 +190,7 @@ class Spawner:
 
 def barrier(ref: pykka.ActorRef[Any]) -> None:
     """Return once the supervisor handled everything told to it before."""
-    ref.ask(("forget", "-nobody-"), timeout=DEADLINE)
+    ref.ask(ForgetChild("-nobody-"), timeout=DEADLINE)
 
 
 # -- router ----------------------------------------------------------------------------------
