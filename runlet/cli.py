@@ -17,7 +17,7 @@ from typing import Any
 
 from runlet import __version__
 from runlet.config import Config, describe_keys, load_config
-from runlet.errors import EXIT_USAGE, ConfigError, RunletError
+from runlet.errors import EXIT_CANCELLED, EXIT_NOHOST, ConfigError, RunletError, UsageError
 
 EPILOG = """\
 config: -c/--config FILE, or the RUNLET_CONFIG environment variable.
@@ -213,12 +213,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except UsageError as exc:  # said as argparse says it: the command, then what is wrong
+        print(f"runlet {_command(func)}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except RunletError as exc:
         print(f"runlet: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("runlet: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_CANCELLED
+
+
+def _command(func: Callable[[argparse.Namespace], int]) -> str:
+    """`cmd_user_add` → `user add`."""
+    return (
+        func.__name__.removeprefix("cmd_").replace("_", " ").replace("check config", "check-config")
+    )
 
 
 def _seconds(text: str) -> float:
@@ -287,17 +297,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        print(
-            "runlet run: give the command after --, e.g. runlet run --on edge-2 -- uptime",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        raise UsageError("give the command after --, e.g. runlet run --on edge-2 -- uptime")
     env = {}
     for item in args.env:
         name, sep, value = item.partition("=")
         if not sep or not name or "\0" in item:
-            print(f"runlet run: --env wants KEY=VALUE, got {item!r}", file=sys.stderr)
-            return EXIT_USAGE
+            raise UsageError(f"--env wants KEY=VALUE, got {item!r}")
         env[name] = value
     config = _config(args)
     return asyncio.run(run_job(config, _fleet_key(config), args, argv, env))
@@ -325,8 +330,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         since = None if args.since is None else queries.parse_since(args.since)
         query = Query("jobs", node=args.node, state=args.state, since=since, limit=args.limit)
     except ValueError as exc:
-        print(f"runlet jobs: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(str(exc)) from None
     rows = asyncio.run(queries.ask(_config(args), query))
     print(queries.as_json(rows) if args.json else queries.render(queries.format_jobs, rows))
     return 0
@@ -339,8 +343,7 @@ def cmd_job(args: argparse.Namespace) -> int:
     try:
         query = Query("job", job_id=args.job_id)
     except ValueError as exc:
-        print(f"runlet job: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(str(exc)) from None
     rows = asyncio.run(queries.ask(_config(args), query))
     print(queries.as_json(rows[0]) if args.json else queries.render(queries.format_job, rows[0]))
     return 0
@@ -359,7 +362,7 @@ def _user_name(name: str) -> str:
     from runlet.protocol.addresses import valid_name
 
     if not valid_name(name):
-        raise ConfigError("user", f"{name[:80]!r} is not a valid name (1-64 of A-Z a-z 0-9 _ -)")
+        raise UsageError(f"{name[:80]!r} is not a valid name (1-64 of A-Z a-z 0-9 _ -)")
     return name
 
 
@@ -370,7 +373,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     from runlet.protocol.addresses import valid_name
 
     if not valid_name(args.node):
-        raise ConfigError("node", f"--node {args.node[:80]!r} is not a valid node name")
+        raise UsageError(f"--node {args.node[:80]!r} is not a valid node name")
     account = asyncio.run(admin.add_user(config, _user_name(args.name), rotate=args.rotate))
     print(admin.device_config(config, account, args.node), end="")
     return 0
@@ -393,7 +396,7 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
 
     removed = asyncio.run(admin.remove_user(_config(args), _user_name(args.name)))
     print(f"user {args.name} {'removed' if removed else 'was not there'}")
-    return 0 if removed else 68
+    return 0 if removed else EXIT_NOHOST
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
@@ -402,11 +405,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
     from runlet.protocol.addresses import valid_name
 
     if not valid_name(args.node) or not 1 <= args.count <= 100_000 or not 0 <= args.interval <= 60:
-        print(
-            "runlet ping: need a node name, 1 <= --count <= 100000, 0 <= --interval <= 60",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        raise UsageError("need a node name, 1 <= --count <= 100000, 0 <= --interval <= 60")
     config = _config(args)
 
     def report(seq: int, elapsed: float | None) -> None:

@@ -2,20 +2,25 @@
 
 ```
 RunletError
-├── ConfigError        bad or missing setting: the program names the key and stops (exit 78)
-├── ProtocolError      undecodable or invalid message: dead-lettered, never retried
-├── CryptoError        authentication failed or no key: never retried, always reported
-├── JobError           something about one job
-│   ├── JobNotFound    no node knows the job
-│   ├── NoSuchTarget   no node serves the requested target
-│   └── SpawnFailed    the command could not be started (the OSError is __cause__)
-├── StorageError       a local file (journal, log, key) is unreadable, corrupt or the disk is full
-├── MigrationError     (runlet.adapters.ledger_db) a database migration was changed or is unknown
-├── ClosedError        used after we closed it
-└── ServiceError       an outside service failed: the only kind that is retried, with backoff
+├── UsageError             a bad command line: the message says what to type (exit 64)
+├── ConfigError            bad or missing setting: the program names the key and stops (exit 78)
+├── ProtocolError          undecodable or invalid message: dead-lettered, never retried (65)
+├── CryptoError            no key, or a bad one: never retried, always reported (exit 77)
+│   └── AuthenticationFailed   a sealed message did not open (job, kind, seq)
+├── JobError               something about one job
+│   ├── JobNotFound        no node knows the job (exit 68)
+│   ├── NoSuchTarget       no node serves the requested target (exit 68)
+│   └── SpawnFailed        the command could not be started (the OSError is __cause__)
+├── StorageError           a local file (journal, log, key) is unreadable, corrupt, or the disk full
+│   └── LogDamage          a log is unreadable from a byte on (path, offset, kind)
+├── MigrationError         a database migration was changed or is unknown (exit 70)
+├── AccountExists          `user add` for a user that has a broker account already
+├── ClosedError            used after we closed it
+└── ServiceError           an outside service failed: the only kind that is retried (exit 69)
     ├── BrokerUnavailable
     ├── DatabaseUnavailable
-    └── BlobStoreUnavailable
+    ├── BlobStoreUnavailable
+    └── ServerUnavailable  no Runlet server answers this user's questions
 ```
 
 Library exceptions (aiormq, asyncpg, botocore, OSError) are translated into these in the
@@ -24,9 +29,14 @@ adapter that calls the library, nowhere else.
 
 from __future__ import annotations
 
-# Exit statuses, after sysexits.h where one fits.
+from pathlib import Path
+
+# Exit statuses, after sysexits.h where one fits; a job's own end is reported as a shell would
+# (`protocol.states.shell_status`): its code, 128 + a signal, and the two below.
 EXIT_OK = 0
 EXIT_FAILURE = 1
+EXIT_TIMED_OUT = 124  # as timeout(1)
+EXIT_CANCELLED = 130  # a job cancelled before it ran: as if Ctrl-C ended it
 EXIT_USAGE = 64
 EXIT_DATAERR = 65
 EXIT_NOHOST = 68
@@ -41,6 +51,12 @@ class RunletError(Exception):
     """Base of every error Runlet raises on purpose."""
 
     exit_code = EXIT_FAILURE
+
+
+class UsageError(RunletError):
+    """The command line is wrong: an unknown option, a missing or malformed argument."""
+
+    exit_code = EXIT_USAGE
 
 
 class ConfigError(RunletError):
@@ -66,6 +82,16 @@ class CryptoError(RunletError):
     """A sealed payload did not authenticate, or a key is missing or malformed."""
 
     exit_code = EXIT_NOPERM
+
+
+class AuthenticationFailed(CryptoError):
+    """A sealed message did not open; `job_id`, `kind` and `seq` say which one."""
+
+    def __init__(self, message: str, *, job_id: str, kind: str, seq: int) -> None:
+        self.job_id = job_id
+        self.kind = kind
+        self.seq = seq
+        super().__init__(message)
 
 
 class JobError(RunletError):
@@ -102,6 +128,49 @@ class StorageError(RunletError):
     exit_code = EXIT_SOFTWARE
 
 
+class LogDamage(StorageError):
+    """A log is unreadable from `offset` on (`kind`: a `logfile.DamageKind`); the `good_records`
+    before it were fine."""
+
+    def __init__(
+        self,
+        path: Path,
+        offset: int,
+        kind: str,
+        detail: str,
+        *,
+        good_records: int,
+        found_seq: int | None = None,
+    ) -> None:
+        self.path = path
+        self.offset = offset
+        self.kind = kind
+        self.detail = detail
+        self.good_records = good_records
+        self.found_seq = found_seq
+        super().__init__(
+            f"{path}: {detail} at byte {offset}; the {good_records} records before it are intact"
+        )
+
+
+class MigrationError(RunletError):
+    """The database's schema does not match this code's migrations; `version` names the file."""
+
+    exit_code = EXIT_SOFTWARE
+
+    def __init__(self, message: str, *, version: str | None = None) -> None:
+        self.version = version
+        super().__init__(message)
+
+
+class AccountExists(RunletError):
+    """`create` was asked for a user that already has a broker account; `name` names it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"user {name!r} already has a broker account")
+
+
 class ClosedError(RunletError):
     """An object was used after it was closed on purpose."""
 
@@ -122,3 +191,7 @@ class DatabaseUnavailable(ServiceError):
 
 class BlobStoreUnavailable(ServiceError):
     """The S3-compatible store could not be reached or refused the operation."""
+
+
+class ServerUnavailable(ServiceError):
+    """No server answers this user's questions."""

@@ -55,12 +55,11 @@ import asyncpg
 import structlog
 
 from runlet.errors import (
-    EXIT_SOFTWARE,
     ClosedError,
     ConfigError,
     DatabaseUnavailable,
+    MigrationError,
     ProtocolError,
-    RunletError,
 )
 from runlet.protocol.addresses import valid_job_id, valid_name
 from runlet.protocol.messages import JobStateChanged, NodeHeartbeat
@@ -96,16 +95,6 @@ MAX_LIMIT = 10_000
 _LIBRARY_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # The events whose time is a job's queued_at, started_at and ended_at.
 _MILESTONES = (frozenset({"queued"}), frozenset({"running"}), TERMINAL)
-
-
-class MigrationError(RunletError):
-    """The database's schema does not match this code's migrations; `version` names the file."""
-
-    exit_code = EXIT_SOFTWARE
-
-    def __init__(self, message: str, *, version: str | None = None) -> None:
-        self.version = version
-        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)

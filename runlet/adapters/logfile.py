@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
-from runlet.errors import ClosedError, ProtocolError, StorageError
+from runlet.errors import ClosedError, LogDamage, ProtocolError, StorageError
 from runlet.protocol.crypto import OVERHEAD, JobKey, Kind
 
 __all__ = [
@@ -121,30 +121,6 @@ class DamageKind(enum.StrEnum):
     SEQ_GAP = "seq_gap"  # records are missing
     SEQ_ORDER = "seq_order"  # a record is repeated or out of order
     AFTER_FINAL = "after_final"  # bytes follow the FINAL record
-
-
-class LogDamage(StorageError):
-    """A log is unreadable from `offset` on; the `good_records` before it were fine."""
-
-    def __init__(
-        self,
-        path: Path,
-        offset: int,
-        kind: DamageKind,
-        detail: str,
-        *,
-        good_records: int,
-        found_seq: int | None = None,
-    ) -> None:
-        self.path = path
-        self.offset = offset
-        self.kind = kind
-        self.detail = detail
-        self.good_records = good_records
-        self.found_seq = found_seq
-        super().__init__(
-            f"{path}: {detail} at byte {offset}; the {good_records} records before it are intact"
-        )
 
 
 @dataclass(frozen=True, slots=True)

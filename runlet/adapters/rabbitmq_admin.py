@@ -50,21 +50,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from runlet.errors import BrokerUnavailable, RunletError
+from runlet.errors import AccountExists, BrokerUnavailable
 from runlet.protocol import addresses
 
 BROKER_USER_PREFIX = "runlet-"
 _HASHING = "rabbit_password_hashing_sha256"
 _NOT_FOUND = 404
 _GONE = object()  # what a 404 becomes when the caller expects one
-
-
-class AccountExists(RunletError):
-    """`create` was asked for a user that already has a broker account; `name` names it."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        super().__init__(f"user {name!r} already has a broker account")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from runlet.client.follow import DETACHED, Follower, Options
 from runlet.client.session import Client, Submitted, Watch, exit_status, target_of
 from runlet.client.terminal import parse_key, terminal_size
 from runlet.config import Config
-from runlet.errors import EXIT_DATAERR, EXIT_USAGE, JobNotFound, NoSuchTarget, ProtocolError
+from runlet.errors import EXIT_DATAERR, JobNotFound, NoSuchTarget, UsageError
 from runlet.protocol.crypto import FleetKey
 from runlet.protocol.messages import JobStateChanged, OutputChunk, parse_target
 from runlet.protocol.payloads import Control, JobSpec
@@ -34,8 +34,7 @@ async def run_job(
         target = target_of(args.on, config.node)
         detach_key = parse_key(args.detach_key)
     except ValueError as exc:
-        _err(str(exc))
-        return EXIT_USAGE
+        raise UsageError(str(exc)) from None
     if sys.stdin.isatty() and os.environ.get("TERM"):
         env.setdefault("TERM", os.environ["TERM"])  # the job draws for this terminal, as ssh does
     spec = JobSpec(tuple(argv), env, args.cwd, args.timeout)
@@ -152,8 +151,7 @@ async def attach_job(config: Config, key: FleetKey, args: argparse.Namespace) ->
     try:
         detach_key = parse_key(args.detach_key)
     except ValueError as exc:
-        _err(str(exc))
-        return EXIT_USAGE
+        raise UsageError(str(exc)) from None
     async with Client(config, key) as client:
         watch = await client.watch(job_id)
         options = Options(replay=True, read_only=args.read_only, detach_key=detach_key)
@@ -200,7 +198,7 @@ def _job_id(text: str) -> str:
     from runlet.protocol.addresses import valid_job_id
 
     if not valid_job_id(text):
-        raise ProtocolError(f"not a job id: {text[:80]!r} (32 hex digits, optionally .NODE)")
+        raise UsageError(f"not a job id: {text[:80]!r} (32 hex digits, optionally .NODE)")
     return text
 
 
@@ -215,7 +213,7 @@ def unescape(text: str) -> bytes:
             try:
                 out += ch.encode("utf-8", "surrogateescape")  # argv bytes that are not UTF-8
             except UnicodeEncodeError:
-                raise ProtocolError(f"text has an invalid character at position {i}") from None
+                raise UsageError(f"text has an invalid character at position {i}") from None
             i += 1
             continue
         nxt = text[i + 1]
@@ -230,11 +228,11 @@ def unescape(text: str) -> bytes:
             out.append(int(text[i + 2 : i + 4], 16))
             i += 4
         else:
-            raise ProtocolError(
+            raise UsageError(
                 f"unknown escape \\{nxt} at position {i} (use \\r \\n \\t \\e \\0 \\\\ \\xNN)"
             )
     if len(out) > 60_000:
-        raise ProtocolError(f"text is {len(out)} bytes; send at most 60000 at once")
+        raise UsageError(f"text is {len(out)} bytes; send at most 60000 at once")
     return bytes(out)
 
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runlet.adapters.logfile import LogDamage, open_output, read_records
-from runlet.errors import CryptoError, ProtocolError, StorageError
+from runlet.adapters.logfile import open_output, read_records
+from runlet.errors import CryptoError, LogDamage, ProtocolError, StorageError
 from runlet.protocol.crypto import FleetKey
 
 

@@ -17,17 +17,13 @@ from typing import Any
 
 from runlet.adapters.broker import Broker, Incoming, QueueSpec
 from runlet.config import Config
-from runlet.errors import NoSuchTarget, ProtocolError, RunletError, ServiceError
+from runlet.errors import NoSuchTarget, ProtocolError, RunletError, ServerUnavailable
 from runlet.protocol import addresses, wire
 from runlet.protocol.messages import Query, QueryAnswered
 
 ANSWER_SECONDS = 15.0
 _SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class ServerUnavailable(ServiceError):
-    """No server answers this user's questions."""
 
 
 def parse_since(text: str, now: float | None = None) -> float:

@@ -45,7 +45,7 @@ import nacl.utils
 from nacl.bindings import sodium_memcmp
 from nacl.encoding import RawEncoder
 
-from runlet.errors import CryptoError, StorageError
+from runlet.errors import AuthenticationFailed, CryptoError, StorageError
 
 __all__ = [
     "KEY_SIZE",
@@ -84,16 +84,6 @@ _NOUNS = {
     Kind.OUTPUT: "output chunk",
     Kind.CONTROL: "control request",
 }
-
-
-class AuthenticationFailed(CryptoError):
-    """A sealed message did not open; `job_id`, `kind` and `seq` say which one."""
-
-    def __init__(self, message: str, *, job_id: str, kind: Kind, seq: int) -> None:
-        self.job_id = job_id
-        self.kind = kind
-        self.seq = seq
-        super().__init__(message)
 
 
 class FleetKey:

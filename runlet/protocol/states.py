@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from runlet.errors import EXIT_CANCELLED, EXIT_DATAERR, EXIT_TEMPFAIL, EXIT_TIMED_OUT
+
 
 class JobState(StrEnum):
     """One state of a job; a `str`, so it travels and compares as its plain name."""
@@ -65,13 +67,13 @@ def shell_status(state: str, exit_code: int | None, signal: int | None) -> int: 
         case JobState.KILLED | JobState.CANCELLED if signal is not None:
             return 128 + signal
         case JobState.CANCELLED:
-            return 130
+            return EXIT_CANCELLED
         case JobState.TIMED_OUT:
-            return 124
+            return EXIT_TIMED_OUT
         case JobState.EXPIRED | JobState.INTERRUPTED | JobState.LOST:
-            return 75
+            return EXIT_TEMPFAIL
         case JobState.REJECTED:
-            return 65
+            return EXIT_DATAERR
     return 1
 
 

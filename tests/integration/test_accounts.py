@@ -18,8 +18,8 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from runlet.adapters.broker import Broker, Incoming, QueueSpec
-from runlet.adapters.rabbitmq_admin import Account, AccountExists, BrokerAdmin, broker_user
-from runlet.errors import BrokerUnavailable
+from runlet.adapters.rabbitmq_admin import Account, BrokerAdmin, broker_user
+from runlet.errors import AccountExists, BrokerUnavailable
 from runlet.protocol import addresses
 from tests.support import (
     BROKER_URL,

@@ -19,15 +19,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from runlet.adapters.ledger_db import (
-    Ledger,
-    MigrationError,
-    NodeRow,
-    StateRow,
-    connect,
-    load_migrations,
-)
-from runlet.errors import ClosedError, DatabaseUnavailable, ProtocolError
+from runlet.adapters.ledger_db import Ledger, NodeRow, StateRow, connect, load_migrations
+from runlet.errors import ClosedError, DatabaseUnavailable, MigrationError, ProtocolError
 from runlet.protocol.messages import JobStateChanged, NodeHeartbeat, StartJob
 from runlet.protocol.states import STATES
 from tests.support import run

@@ -378,17 +378,17 @@ def _with_key(tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("command", ["send", "cancel", "attach"])
 def test_bad_job_id(tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
-    """A malformed job id exits 65 before anything is sent."""
+    """A malformed job id is a usage error (exit 64) before anything is sent."""
     argv = ["-c", _with_key(tmp_path), command, "not-a-job"]
     if command == "send":
         argv.append("y")
-    assert main(argv) == 65
+    assert main(argv) == 64
     assert "not a job id" in capsys.readouterr().err
 
 
 def test_send_bad_escape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown escape in `send`'s text exits 65 before anything is sent."""
-    assert main(["-c", _with_key(tmp_path), "send", JOB, r"y\q"]) == 65
+    """An unknown escape in `send`'s text is a usage error (exit 64) before anything is sent."""
+    assert main(["-c", _with_key(tmp_path), "send", JOB, r"y\q"]) == 64
     assert r"unknown escape \q" in capsys.readouterr().err
 
 

@@ -96,9 +96,9 @@ BAD_JOB_IDS = [
 
 @pytest.mark.parametrize("job_id", BAD_JOB_IDS)
 def test_logs_bad_job_id(tmp_path: Path, capsys: pytest.CaptureFixture[str], job_id: str) -> None:
-    """A malformed job id exits 65 with a short message, before any log is looked for."""
+    """A malformed job id is a usage error (64) with a short message, before any log is read."""
     config, _ = with_key(tmp_path)
-    assert main(["-c", config, "logs", job_id]) == 65
+    assert main(["-c", config, "logs", job_id]) == 64
     err = capsys.readouterr().err
     assert "not a job id" in err
     assert len(err) < 300
@@ -369,9 +369,9 @@ def test_user_commands_need_server_config(
 def test_user_bad_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], action: str, name: str
 ) -> None:
-    """A user name that is not a valid name exits 78 saying so, in a short message."""
+    """A user name that is not a valid name is a usage error (64), said in a short message."""
     config = str(write_config(tmp_path))
-    assert main(["-c", config, "user", action, name]) == 78
+    assert main(["-c", config, "user", action, name]) == 64
     err = capsys.readouterr().err
     assert "is not a valid name (1-64 of A-Z a-z 0-9 _ -)" in err
     assert len(err) < 300

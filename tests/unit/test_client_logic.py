@@ -8,7 +8,7 @@ import pytest
 from runlet.adapters.logfile import FLAG_FINAL, seal_output
 from runlet.client.commands import unescape
 from runlet.client.session import Reassembler, exit_status, target_of
-from runlet.errors import ProtocolError
+from runlet.errors import UsageError
 from runlet.protocol.crypto import FleetKey, Kind
 from runlet.protocol.messages import JobStateChanged, OutputChunk
 from runlet.protocol.states import STATES
@@ -339,25 +339,25 @@ def test_unescape(text: str, data: bytes) -> None:
     ],
 )
 def test_unescape_unknown_escape(text: str, bad: str) -> None:
-    """An unknown or incomplete escape is a ProtocolError naming it and the valid ones."""
-    with pytest.raises(ProtocolError, match="unknown escape") as info:
+    """An unknown or incomplete escape is a UsageError naming it and the valid ones."""
+    with pytest.raises(UsageError, match="unknown escape") as info:
         unescape(text)
     assert bad in str(info.value)
     assert r"\xNN" in str(info.value)
 
 
 def test_unescape_size_limit() -> None:
-    """Up to 60000 bytes may be sent at once; one more is a ProtocolError."""
+    """Up to 60000 bytes may be sent at once; one more is a UsageError."""
     assert len(unescape("x" * 60_000)) == 60_000
     assert len(unescape(r"\e" * 60_000)) == 60_000
-    with pytest.raises(ProtocolError, match="at most 60000"):
+    with pytest.raises(UsageError, match="at most 60000"):
         unescape("x" * 60_001)
 
 
 def test_unescape_size_counts_bytes_not_characters() -> None:
     """The limit is on the UTF-8 bytes: 30001 two-byte characters are too many."""
     assert len(unescape("é" * 30_000)) == 60_000
-    with pytest.raises(ProtocolError, match="at most 60000"):
+    with pytest.raises(UsageError, match="at most 60000"):
         unescape("é" * 30_001)
 
 
@@ -472,6 +472,6 @@ def test_unescape_round_trips_argv_bytes(raw: bytes) -> None:
 
 @pytest.mark.parametrize("text", [chr(0xD800), chr(0xDC00), "x" + chr(0xDFFF)], ids=ascii)
 def test_unescape_lone_surrogate(text: str) -> None:
-    """A lone surrogate that stands for no byte is refused as a ProtocolError."""
-    with pytest.raises(ProtocolError, match=f"invalid character at position {len(text) - 1}"):
+    """A lone surrogate that stands for no byte is refused as a UsageError."""
+    with pytest.raises(UsageError, match=f"invalid character at position {len(text) - 1}"):
         unescape(text)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runlet.errors import CryptoError, StorageError
-from runlet.protocol.crypto import KEY_SIZE, OVERHEAD, AuthenticationFailed, FleetKey, JobKey, Kind
+from runlet.errors import AuthenticationFailed, CryptoError, StorageError
+from runlet.protocol.crypto import KEY_SIZE, OVERHEAD, FleetKey, JobKey, Kind
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
 

@@ -16,7 +16,6 @@ from runlet.adapters.logfile import (
     MAX_OUTPUT_DATA,
     MAX_RECORD,
     DamageKind,
-    LogDamage,
     LogWriter,
     Record,
     open_output,
@@ -24,8 +23,8 @@ from runlet.adapters.logfile import (
     scan_log,
     seal_output,
 )
-from runlet.errors import ClosedError, ProtocolError, StorageError
-from runlet.protocol.crypto import OVERHEAD, AuthenticationFailed, FleetKey, JobKey, Kind
+from runlet.errors import AuthenticationFailed, ClosedError, LogDamage, ProtocolError, StorageError
+from runlet.protocol.crypto import OVERHEAD, FleetKey, JobKey, Kind
 
 JOB = "job-1"
 HEADER = b"RLOG\x01" + struct.pack(">H", len(JOB)) + JOB.encode()

@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from runlet import errors
 from runlet.client import queries
 from runlet.config import Config
 from runlet.errors import NoSuchTarget, ProtocolError, RunletError
@@ -513,7 +514,7 @@ def test_ask_rows_not_msgpack(monkeypatch: pytest.MonkeyPatch, config: Config, r
 def test_ask_no_server(monkeypatch: pytest.MonkeyPatch, config: Config) -> None:
     """A query that bounces (no server bound) raises ServerUnavailable (exit 69) at once."""
     server = serve(monkeypatch, None, bounce=True)
-    with pytest.raises(queries.ServerUnavailable, match="no Runlet server is running") as info:
+    with pytest.raises(errors.ServerUnavailable, match="no Runlet server is running") as info:
         ask(config)
     assert info.value.exit_code == 69
     assert "'alice'" in str(info.value)
@@ -524,6 +525,6 @@ def test_ask_no_answer(monkeypatch: pytest.MonkeyPatch, config: Config) -> None:
     """A server that never answers gives ServerUnavailable after the answer deadline."""
     server = serve(monkeypatch, None)
     monkeypatch.setattr(queries, "ANSWER_SECONDS", 0.01)
-    with pytest.raises(queries.ServerUnavailable, match="did not answer"):
+    with pytest.raises(errors.ServerUnavailable, match="did not answer"):
         ask(config)
     assert server.closed
