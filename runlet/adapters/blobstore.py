@@ -35,7 +35,6 @@ import io
 import math
 import os
 import re
-import stat
 import tempfile
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -43,6 +42,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Self
@@ -51,6 +51,7 @@ import structlog
 
 from runlet.config import StorageConfig
 from runlet.errors import BlobStoreUnavailable, ClosedError, ConfigError, StorageError
+from runlet.files import read_secret
 from runlet.protocol import addresses
 
 __all__ = [
@@ -177,30 +178,7 @@ def load_credentials(path: Path) -> tuple[str, str]:
 
 
 def _read_credentials_file(path: Path) -> bytes:
-    try:
-        # O_NONBLOCK: a FIFO put in its place must not hang us; a regular file ignores it.
-        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise _bad_credentials(path, "file not found") from None
-    except OSError as exc:
-        raise _bad_credentials(path, f"cannot open: {exc.strerror or exc}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise _bad_credentials(path, "is not a regular file")
-        if os.name == "posix" and mode & 0o077:
-            raise _bad_credentials(
-                path, f"is open to other users (mode {stat.S_IMODE(mode):o}): run `chmod 600`"
-            )
-        data = os.read(fd, MAX_CREDENTIALS_BYTES + 1)  # a regular file gives it all at once
-    except OSError as exc:
-        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
-    if len(data) > MAX_CREDENTIALS_BYTES:
-        raise _bad_credentials(path, f"is over {MAX_CREDENTIALS_BYTES} bytes: not a key file")
-    return data
+    return read_secret(path, partial(_bad_credentials, path), max_bytes=MAX_CREDENTIALS_BYTES)
 
 
 def _bad_credentials(path: Path, problem: str) -> ConfigError:

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from runlet.errors import ClosedError, JobNotFound, StorageError
+from runlet.files import make_private_dirs
 from runlet.protocol.states import NEXT, NODE_STATES, TERMINAL, JobState
 
 SCHEMA_VERSION = 1
@@ -97,13 +98,6 @@ def _storage_error(path: Path, doing: str, exc: sqlite3.Error | OSError) -> Stor
     return StorageError(f"journal {path} {problem} (while {doing}: {exc})")
 
 
-def _make_private_dirs(folder: Path) -> None:
-    """Create `folder` and any missing parents, each 0o700 (mkdir -p would use the umask)."""
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o700, exist_ok=True)
-
-
 class Journal:
     """The durable record of every job this node accepted, in accept (FIFO) order."""
 
@@ -111,7 +105,7 @@ class Journal:
         self._path = path
         self._conn: sqlite3.Connection | None = None
         try:
-            _make_private_dirs(path.parent)
+            make_private_dirs(path.parent)
             # Created 0o600 before SQLite sees it; SQLite gives its -wal and -shm the same mode.
             os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
             self._conn = sqlite3.connect(path, isolation_level=None)

@@ -56,11 +56,11 @@ import structlog
 
 from runlet.errors import (
     ClosedError,
-    ConfigError,
     DatabaseUnavailable,
     MigrationError,
     ProtocolError,
 )
+from runlet.files import read_password
 from runlet.protocol.addresses import valid_job_id, valid_name
 from runlet.protocol.messages import JobStateChanged, NodeHeartbeat
 from runlet.protocol.states import STATES, TERMINAL
@@ -676,12 +676,7 @@ def server_dsn(url: str, password_file: Path | None) -> str:
     """
     if password_file is None:
         return url
-    try:
-        password = password_file.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            "server.database_password_file", f"cannot read {password_file}: {exc}"
-        ) from None
+    password = read_password(password_file, "server.database_password_file")
     parts = urlsplit(url)
     netloc = f"{quote(parts.username or 'postgres', safe='')}:{quote(password, safe='')}@"
     netloc += parts.netloc.rpartition("@")[2] or "127.0.0.1"

@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import BinaryIO, Self
 
 from runlet.errors import ClosedError, LogDamage, ProtocolError, StorageError
+from runlet.files import fsync_dir, make_private_dirs, write_all
 from runlet.protocol.crypto import OVERHEAD, JobKey, Kind
 
 __all__ = [
@@ -270,7 +271,7 @@ class LogWriter:
         self._broken = False
         self.repaired_bytes = 0
         try:
-            _make_private_dirs(path.parent)
+            make_private_dirs(path.parent)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot open the log {path}: {exc.strerror}") from exc
@@ -320,7 +321,7 @@ class LogWriter:
             )
         )
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
         except OSError as exc:
             self._undo_partial_write(fd)
             raise StorageError(
@@ -378,10 +379,10 @@ class LogWriter:
                 # New, or a crash cut the header short: (re)write it.
                 os.ftruncate(fd, 0)
                 os.lseek(fd, 0, os.SEEK_SET)
-                _write_all(fd, self._header)
+                write_all(fd, self._header)
                 self.repaired_bytes = size
                 if size == 0:
-                    _fsync_dir(self._path.parent)
+                    fsync_dir(self._path.parent)
                 return len(self._header), 0, False
             scan = scan_log(self._path, job_id=self._job_id)
             if scan.damage is not None:
@@ -415,37 +416,9 @@ def _encode_header(job_id: str) -> bytes:
     return _HEADER.pack(MAGIC, VERSION, len(raw)) + raw
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """os.write until done: no user-space buffer can keep half a record after an error."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 def _zeros_from(fd: int, offset: int) -> bool:
     os.lseek(fd, offset, os.SEEK_SET)
     while chunk := os.read(fd, 1 << 16):
         if chunk.count(0) != len(chunk):
             return False
     return True
-
-
-def _make_private_dirs(folder: Path) -> None:
-    """Create `folder` and any missing parents with mode 0o700 (mkdir -p would use 0o777)."""
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    for each in reversed(missing):
-        each.mkdir(mode=0o700, exist_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

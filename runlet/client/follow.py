@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from runlet.client.session import Client, Reassembler, Watch, exit_status
 from runlet.client.terminal import DetachScanner, RawMode, terminal_size
 from runlet.errors import JobNotFound
+from runlet.files import write_all
 from runlet.protocol.messages import JobStateChanged, OutputChunk, ReplayFinished
 from runlet.protocol.payloads import Control
 from runlet.protocol.states import TERMINAL
@@ -126,7 +127,7 @@ class Follower:
             case OutputChunk(job_id=job_id) if job_id == self.job_id:
                 self.found = True
                 for piece in self.reasm.feed(msg):
-                    _write_all(self.opts.out_fd, piece)
+                    write_all(self.opts.out_fd, piece)
             case JobStateChanged(job_id=job_id) if job_id == self.job_id:
                 self.found = True
                 self._state(msg)
@@ -266,14 +267,3 @@ class Follower:
             else:
                 assert isinstance(item, Control)
                 await self.client.control(self.job_id, item)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            time.sleep(0.001)
-            continue
-        view = view[n:]

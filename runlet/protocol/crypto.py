@@ -32,7 +32,6 @@ import base64
 import binascii
 import enum
 import os
-import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -46,6 +45,7 @@ from nacl.bindings import sodium_memcmp
 from nacl.encoding import RawEncoder
 
 from runlet.errors import AuthenticationFailed, CryptoError, StorageError
+from runlet.files import fsync_dir, make_private_dirs, read_secret
 
 __all__ = [
     "KEY_SIZE",
@@ -121,10 +121,7 @@ class FleetKey:
     @classmethod
     def load(cls, path: Path) -> FleetKey:
         """Read a key file, refusing one that others can read or that is malformed."""
-        try:
-            text = _read_key_file(path)
-        except OSError as exc:
-            raise StorageError(f"cannot read the key file {path}: {exc.strerror}") from exc
+        text = _read_key_file(path)
         try:
             return cls.import_text(text)
         except CryptoError as exc:
@@ -137,7 +134,7 @@ class FleetKey:
                 f"{path} already exists; refusing to overwrite a key (move the old one away first)"
             )
         try:
-            _make_private_dirs(path.parent)
+            make_private_dirs(path.parent)
             _write_atomically(path, (self.export_text() + "\n").encode("ascii"), overwrite)
         except FileExistsError as exc:
             raise StorageError(f"{path} already exists; refusing to overwrite a key") from exc
@@ -276,44 +273,21 @@ class JobKey:
 
 def _read_key_file(path: Path) -> str:
     """The key file's text, after checking its size, mode and encoding (never echoed)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
-        raise CryptoError(
+
+    def error(problem: str) -> CryptoError:
+        return CryptoError(f"the key file {path} {problem}")
+
+    def missing() -> CryptoError:
+        return CryptoError(
             f"no fleet key at {path}: run `runlet key init` on your first device, "
             "or `runlet key import` to bring the key from another one"
-        ) from None
-    try:
-        _check_key_file(path, os.fstat(fd).st_mode)
-        data = os.read(fd, _KEY_FILE_MAX + 1)  # a regular file gives it all in one read
-    finally:
-        os.close(fd)
-    if len(data) > _KEY_FILE_MAX:
-        raise CryptoError(f"the key file {path} is over {_KEY_FILE_MAX} bytes: not a runlet key")
+        )
+
+    data = read_secret(path, error, missing=missing, max_bytes=_KEY_FILE_MAX)
     try:
         return data.decode("ascii")
     except UnicodeDecodeError:
         raise CryptoError(f"the key file {path} holds binary data, not a runlet key") from None
-
-
-def _check_key_file(path: Path, mode: int) -> None:
-    if not stat.S_ISREG(mode):
-        raise CryptoError(f"the key file {path} is not a regular file")
-    if os.name == "posix" and mode & 0o077:
-        raise CryptoError(
-            f"the key file {path} is open to other users "
-            f"(mode {stat.S_IMODE(mode):o}): run `chmod 600 {path}`"
-        )
-
-
-def _make_private_dirs(folder: Path) -> None:
-    """Create `folder` and any missing parents with mode 0o700 (mkdir -p would use 0o777)."""
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    for each in reversed(missing):
-        each.mkdir(mode=0o700, exist_ok=True)
 
 
 def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
@@ -330,7 +304,7 @@ def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
         _commit(tmp, path, overwrite)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _commit(tmp: Path, path: Path, overwrite: bool) -> None:
@@ -343,13 +317,3 @@ def _commit(tmp: Path, path: Path, overwrite: bool) -> None:
         raise
     except OSError:  # no hard links on this filesystem: the earlier check has to do
         os.replace(tmp, path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

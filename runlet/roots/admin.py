@@ -7,7 +7,6 @@ only `runlet.NAME` and `runlet.NAME.*`, then prints a ready config for that user
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
@@ -18,13 +17,14 @@ from runlet.protocol.addresses import valid_name
 if TYPE_CHECKING:
     from runlet.adapters.ledger_db import Ledger
 from runlet.errors import ConfigError
+from runlet.files import read_password
 
 
 def _admin(config: Config) -> BrokerAdmin:
     server = _server(config)
     password = "guest"  # noqa: S105 - RabbitMQ's development default, documented
     if server.management_password_file is not None:
-        password = _secret(server.management_password_file, "server.management_password_file")
+        password = read_password(server.management_password_file, "server.management_password_file")
     return BrokerAdmin(server.management_url, server.management_user, password)
 
 
@@ -81,13 +81,6 @@ async def list_users(config: Config) -> list[tuple[str, bool]]:
     finally:
         await ledger.close()
     return [(name, name in on_broker) for name in sorted(in_ledger | on_broker)]
-
-
-def _secret(path: Path, key: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc}") from None
 
 
 def device_config(config: Config, account: Account, node: str = "CHANGE-ME") -> str:

@@ -2,7 +2,7 @@
 
 Import rules are folder rules. From the bottom up:
 
-    runlet/errors, logging, metrics, config    the foundation, imported by every layer
+    runlet/errors, files, logging, metrics, config   the foundation, imported by every layer
     runlet/protocol/   codec, messages, payloads, crypto, names    the foundation only
     runlet/runtime/    loop, actor base, router, supervisor        + protocol
     runlet/adapters/   broker, ledger db, blob store, PTYs, files  + protocol
@@ -140,7 +140,14 @@ def test_the_source_tree_is_found() -> None:
 
 # --- the rules -----------------------------------------------------------------------------------
 
-FOUNDATION = ("runlet", "runlet.errors", "runlet.logging", "runlet.metrics", "runlet.config")
+FOUNDATION = (
+    "runlet",
+    "runlet.errors",
+    "runlet.files",
+    "runlet.logging",
+    "runlet.metrics",
+    "runlet.config",
+)
 LAYERS = ("runlet.protocol", "runlet.runtime", "runlet.adapters", "runlet.client", "runlet.roots")
 # folder -> the folders (besides itself and the foundation) its modules may import
 ALLOWED: dict[str, tuple[str, ...]] = {

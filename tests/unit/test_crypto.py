@@ -339,9 +339,8 @@ def test_load_directory_refused(tmp_path: Path) -> None:
         FleetKey.load(folder)
 
 
-def test_load_oserror_becomes_storage_error(tmp_path: Path) -> None:
-    """An OSError while opening the key file is StorageError with the OSError as cause."""
+def test_load_oserror_is_a_key_problem_naming_the_file(tmp_path: Path) -> None:
+    """An OSError while opening the key file is a CryptoError naming the file and the reason."""
     (tmp_path / "file").write_text("")
-    with pytest.raises(StorageError) as info:
+    with pytest.raises(CryptoError, match=r"key file .*/file/key cannot open: Not a directory"):
         FleetKey.load(tmp_path / "file" / "key")
-    assert isinstance(info.value.__cause__, OSError)

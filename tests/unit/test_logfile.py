@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from runlet import files
 from runlet.adapters import logfile
 from runlet.adapters.logfile import (
     FLAG_FINAL,
@@ -386,7 +387,7 @@ def test_disk_full_leaves_no_half_record(
     path: Path, key: JobKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ENOSPC mid-record raises StorageError and truncates back; the same seq then succeeds."""
-    real_write_all = logfile._write_all
+    real_write_all = files.write_all
 
     def write_half_then_fail(fd: int, data: bytes) -> None:
         os.write(fd, data[: len(data) // 2])
@@ -395,14 +396,14 @@ def test_disk_full_leaves_no_half_record(
     with LogWriter(path, JOB) as writer:
         writer.append(chunk(key, 0))
         before = path.read_bytes()
-        monkeypatch.setattr(logfile, "_write_all", write_half_then_fail)
+        monkeypatch.setattr(logfile, "write_all", write_half_then_fail)
         with pytest.raises(StorageError, match="No space left") as info:
             writer.append(chunk(key, 1))
         assert isinstance(info.value.__cause__, OSError)
         assert info.value.__cause__.errno == errno.ENOSPC
         assert path.read_bytes() == before
         assert writer.next_seq == 1
-        monkeypatch.setattr(logfile, "_write_all", real_write_all)
+        monkeypatch.setattr(logfile, "write_all", real_write_all)
         writer.append(chunk(key, 1, final=True))
     records, damage = collect(path)
     assert damage is None
