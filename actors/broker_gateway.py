@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from runlet import metrics
 from runlet.adapters.broker import Broker, Handler, Incoming, QueueSpec
+from runlet.adapters.broker_port import BrokerPort
 from runlet.errors import BrokerUnavailable, NoSuchTarget, ProtocolError, RunletError
 from runlet.protocol import addresses, wire
 from runlet.protocol.messages import ControlSent, InputSent, Ping, Pong, ReplayRequested, StartJob
@@ -61,7 +62,8 @@ class BrokerGateway(Actor):
         self.user: str = settings.user
         self.node: str = settings.node
         self.tags: tuple[str, ...] = tuple(settings.tags)
-        self.broker = Broker(
+        make_broker = ctx.services.get("broker_factory", Broker)  # a test passes a MemoryBroker
+        self.broker: BrokerPort = make_broker(
             settings.broker.urls,
             self.user,
             name=f"runlet-daemon-{self.node}",
@@ -116,7 +118,7 @@ class BrokerGateway(Actor):
     # -- on the loop -------------------------------------------------------------------------
 
     async def _setup(self) -> None:
-        self.log.info("broker_connecting", urls=len(self.broker.urls))
+        self.log.info("broker_connecting", urls=len(self.ctx.settings.broker.urls))
         await self.broker.connect(wait=float("inf"))
         self.broker.on_reconnect.append(self._reconnected)
         node_bindings = (

@@ -510,7 +510,7 @@ def cmd_config_keys(args: argparse.Namespace) -> int:
 
 
 def _config_dict(config: Config) -> dict[str, Any]:
-    from runlet.adapters.broker import _safe
+    from runlet.adapters.broker_port import safe_url
 
     return {
         "role": config.role,
@@ -519,7 +519,7 @@ def _config_dict(config: Config) -> dict[str, Any]:
         "data_dir": str(config.data_dir),
         "tags": list(config.tags),
         "broker": {
-            "urls": [_safe(u) for u in config.broker.urls],
+            "urls": [safe_url(u) for u in config.broker.urls],
             "heartbeat": config.broker.heartbeat,
             "publish_timeout": config.broker.publish_timeout,
             "prefetch": config.broker.prefetch,

@@ -40,12 +40,20 @@ from aio_pika.abc import (
 )
 
 from runlet import metrics
+from runlet.adapters.broker_port import (
+    Handler,
+    Incoming,
+    QueueSpec,
+    Statistics,
+    safe_url,
+)
 from runlet.errors import BrokerUnavailable, ClosedError, NoSuchTarget
 from runlet.protocol import addresses
 
+__all__ = ["AmqpIncoming", "Broker", "Handler", "Incoming", "QueueSpec", "Statistics", "safe_url"]
+
 log = structlog.get_logger(__name__)
 
-Handler = Callable[["Incoming"], Awaitable[None]]
 _BROKER_ERRORS = (
     aiormq.exceptions.AMQPError,
     aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: the channel closed under us
@@ -55,31 +63,8 @@ _BROKER_ERRORS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class QueueSpec:
-    """A queue the adapter declares, binds and (re)declares after every reconnect."""
-
-    name: str
-    kind: str = "classic"  # "quorum" | "classic" | "exclusive"
-    bindings: tuple[str, ...] = ()
-    exchange: str | None = None  # binding exchange; None → the user's exchange
-    dead_letter: bool = True
-    arguments: tuple[tuple[str, Any], ...] = ()
-
-
-@dataclass(slots=True)
-class Statistics:
-    """What the adapter has been through, for metrics and tests."""
-
-    connects: int = 0
-    reconnects: int = 0
-    publish_retries: int = 0
-    returned: int = 0
-    url: str = ""
-
-
-class Incoming:
-    """One delivery; settle it exactly once with `ack()` or `reject()`."""
+class AmqpIncoming:
+    """One delivery from RabbitMQ; settle it exactly once with `ack()` or `reject()`."""
 
     __slots__ = ("_broker", "_generation", "_msg")
 
@@ -205,7 +190,7 @@ class Broker:
                 return
             if deadline is None or time.monotonic() >= deadline:
                 raise BrokerUnavailable(
-                    f"cannot reach RabbitMQ at {', '.join(_safe(u) for u in self.urls)}: {last}"
+                    f"cannot reach RabbitMQ at {', '.join(safe_url(u) for u in self.urls)}: {last}"
                 ) from last
             await asyncio.sleep(0.5)
 
@@ -260,7 +245,7 @@ class Broker:
         self._exchanges.clear()
         self.generation += 1
         self.stats.connects += 1
-        self.stats.url = _safe(url)
+        self.stats.url = safe_url(url)
         try:
             await self._restore()
         except BaseException:
@@ -270,7 +255,7 @@ class Broker:
                 await conn.close()
             raise
         self._ready.set()
-        log.info("broker_connected", url=_safe(url), generation=self.generation)
+        log.info("broker_connected", url=safe_url(url), generation=self.generation)
 
     async def _restore(self) -> None:
         await self._declare_user_exchanges()
@@ -298,7 +283,7 @@ class Broker:
             try:
                 await self._open(url)
             except _BROKER_ERRORS as exc:
-                log.warning("broker_reconnect_failed", url=_safe(url), error=str(exc))
+                log.warning("broker_reconnect_failed", url=safe_url(url), error=str(exc))
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
                 continue
@@ -402,7 +387,7 @@ class Broker:
         handler = consumer.handler
 
         async def on_message(msg: AbstractIncomingMessage) -> None:
-            await handler(Incoming(msg, self, generation))
+            await handler(AmqpIncoming(msg, self, generation))
 
         consumer.queue = queue
         consumer.tag = await queue.consume(on_message, no_ack=False)
@@ -498,13 +483,3 @@ class Broker:
             return await coro
         except _BROKER_ERRORS as exc:
             raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for logs and messages."""
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"

@@ -8,6 +8,7 @@ Import rules are folder rules. From the bottom up:
     runlet/adapters/   broker, ledger db, blob store, PTYs, files  + protocol
     runlet/client/     session, follow, commands, queries, logs    + protocol, adapters
     actors/            one module per actor                        + protocol, runtime, adapters
+    runlet/testing/    public fakes of the adapters                + protocol, adapters
     runlet/roots/      daemon, server, admin                       anything; only they import actors
     runlet/cli.py      the command line                            anything but actors
 
@@ -148,13 +149,21 @@ FOUNDATION = (
     "runlet.metrics",
     "runlet.config",
 )
-LAYERS = ("runlet.protocol", "runlet.runtime", "runlet.adapters", "runlet.client", "runlet.roots")
+LAYERS = (
+    "runlet.protocol",
+    "runlet.runtime",
+    "runlet.adapters",
+    "runlet.client",
+    "runlet.roots",
+    "runlet.testing",
+)
 # folder -> the folders (besides itself and the foundation) its modules may import
 ALLOWED: dict[str, tuple[str, ...]] = {
     "runlet.protocol": (),
     "runlet.runtime": ("runlet.protocol",),
     "runlet.adapters": ("runlet.protocol",),
     "runlet.client": ("runlet.protocol", "runlet.adapters"),
+    "runlet.testing": ("runlet.protocol", "runlet.adapters"),
     "actors": ("runlet.protocol", "runlet.runtime", "runlet.adapters"),
     "runlet.roots": ("runlet.protocol", "runlet.runtime", "runlet.adapters", "actors"),
     "runlet.cli": ("runlet.protocol", "runlet.adapters", "runlet.client", "runlet.roots"),

@@ -1,26 +1,40 @@
-"""The Broker Gateway keeps each job's messages in order, on a fake broker (no network).
+"""The Broker Gateway, through its mailbox, on the in-memory broker (runlet.testing): no network.
 
-The gateway is driven through its `handle` on a real loop thread; its broker adapter is
-replaced by `HeldBroker`, which records every publish and holds it until the test confirms it,
-the way a real broker's confirm arrives some milliseconds later.
+It routes each delivery to the actor of its concern and settles it as that actor says,
+dead-letters what it cannot decode, answers pings itself, opens and closes a job's queues,
+and keeps each job's messages in order (state changes one after the other, output only once
+`running` has left).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
+import concurrent.futures
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from actors.broker_gateway import BrokerGateway
-from runlet.adapters.broker import Handler, QueueSpec
+from runlet.protocol import addresses, wire
+from runlet.protocol.messages import InputSent, JobStateChanged, Ping, Pong, StartJob
 from runlet.runtime.actor import Context
-from runlet.runtime.local_messages import CloseJobQueues, OpenJobQueues, Publish
-from tests.unit.fakes import DEADLINE, running_context, wait_for
+from runlet.runtime.local_messages import (
+    CloseJobQueues,
+    Delivered,
+    OpenJobQueues,
+    Publish,
+    Settle,
+)
+from runlet.runtime.names import GATEWAY, JOB_QUEUE, session_name
+from runlet.testing import MemoryBroker, MemoryIncoming
+from tests.unit.fakes import DEADLINE, Inbox, add_fake, running_context, sample, wait_for
+
+T = TypeVar("T")
+JOB = "0123456789abcdef0123456789abcdef"
+USER = "alice"
 
 
 @dataclass(frozen=True)
@@ -35,159 +49,229 @@ class _Broker:
 class _Settings:
     data_dir: Path
     node: str = "node1"
-    user: str = "alice"
-    tags: tuple[str, ...] = ()
+    user: str = USER
+    tags: tuple[str, ...] = ("arm",)
     broker: _Broker = field(default_factory=_Broker)
 
 
-class HeldBroker:
-    """Records publishes as they start; each finishes only once the test confirms it."""
+@dataclass
+class Rig:
+    """A started gateway on a MemoryBroker, with a recording fake Job Queue."""
 
-    generation = 1
+    ctx: Context
+    broker: MemoryBroker
+    job_queue: Inbox
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.started: list[str] = []  # message ids, in the order their publish began
-        self.confirms: dict[str, asyncio.Event] = {}
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.consumed: list[str] = []
-        self.deleted: list[str] = []
+    def on_loop(self, make: Callable[[], Any]) -> Any:
+        """Run a coroutine (made on the loop) there and return its result."""
 
-    async def publish(self, routing_key: str, body: bytes, *, message_id: str, **_: Any) -> None:
-        self.loop = asyncio.get_running_loop()
-        confirm = self.confirms.setdefault(message_id, asyncio.Event())
-        with self._lock:
-            self.started.append(message_id)
-        await confirm.wait()
+        async def run() -> Any:
+            return await make()
 
-    async def consume(self, spec: QueueSpec, handler: Handler) -> None:
-        self.consumed.append(spec.name)
+        future: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(
+            run(), self.ctx.loop.loop
+        )
+        return future.result(DEADLINE)
 
-    def known_queues(self, prefix: str) -> list[str]:
-        return [name for name in self.consumed if name.startswith(prefix)]
+    def inject(self, queue: str, body: bytes, **kw: Any) -> MemoryIncoming:
+        incoming: MemoryIncoming = self.on_loop(lambda: self.broker.inject(queue, body, **kw))
+        return incoming
 
-    async def forget(self, name: str, *, delete: bool = False) -> None:
-        self.deleted.append(name)
-
-    async def close(self) -> None:
-        return None
-
-    def begun(self) -> list[str]:
-        with self._lock:
-            return list(self.started)
+    def tell(self, message: object) -> None:
+        assert self.ctx.router.tell(GATEWAY, message)
 
     def confirm(self, message_id: str) -> None:
-        """Let the publish of `message_id` finish (it may not have begun yet)."""
-        wait_for(lambda: self.loop is not None, what="a first publish")
-        assert self.loop is not None
+        self.ctx.loop.call(self.broker.confirm, message_id)
 
-        def release() -> None:
-            self.confirms.setdefault(message_id, asyncio.Event()).set()
-
-        self.loop.call_soon_threadsafe(release)
+    def published_ids(self) -> list[str]:
+        return [p.message_id for p in list(self.broker.published)]
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[tuple[BrokerGateway, HeldBroker, Context]]:
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    broker = MemoryBroker(USER)
     with running_context(tmp_path) as ctx:
         ctx.settings = _Settings(data_dir=tmp_path)
-        gw = BrokerGateway(ctx)  # not started: the test calls `handle` itself, in its thread
-        held = HeldBroker()
-        gw.broker = held  # type: ignore[assignment]
-        yield gw, held, ctx
+        ctx.services["broker_factory"] = lambda *args, **kw: broker
+        job_queue, _ = add_fake(ctx, JOB_QUEUE)
+        ref = BrokerGateway.start(ctx)
+        ctx.router.register(GATEWAY, ref)
+        dispatch = addresses.dispatch_queue(USER, "node1")
+        wait_for(lambda: dispatch in broker.queues, what="the dispatch queue consumed")
+        yield Rig(ctx, broker, job_queue)
 
 
-def state(job_id: str, seq: int) -> Publish:
+def start_job(job_id: str = JOB) -> bytes:
+    return wire.encode(StartJob(job_id, USER, "node:node1", "me", b"\0" * 40, 1.0, None, 24, 80))
+
+
+def test_setup_consumes_the_nodes_queues(rig: Rig) -> None:
+    """Dispatch (node, all and tag keys), any, the rpc queue; the ledger queue is declared."""
+    spec = rig.broker.queues[addresses.dispatch_queue(USER, "node1")].spec
+    assert set(spec.bindings) == {
+        addresses.dispatch_node_key("node1"),
+        addresses.DISPATCH_ALL,
+        addresses.dispatch_tag_key("arm"),
+    }
+    assert addresses.any_queue(USER) in rig.broker.queues
+    assert addresses.ledger_queue(USER) in rig.broker.queues
+    assert addresses.rpc_queue(USER, "node1") in rig.broker.queues
+
+
+def test_a_dispatch_goes_to_the_job_queue_and_is_acked_when_it_says(rig: Rig) -> None:
+    """A StartJob delivery reaches the Job Queue as Delivered; Settle(ok) acks it."""
+    incoming = rig.inject(addresses.dispatch_queue(USER, "node1"), start_job())
+    (delivered,) = rig.job_queue.wait_of(Delivered)
+    assert isinstance(delivered.message, StartJob)
+    assert incoming.settled is None  # nothing is acked before the journal has it
+    rig.tell(Settle(delivered.token, ok=True))
+    wait_for(lambda: incoming.settled == "ack", what="the ack")
+
+
+def test_a_refused_delivery_is_dead_lettered_and_counted(rig: Rig) -> None:
+    """Settle(ok=False) rejects the delivery: it lands in the dead letters, counted."""
+    before = sample("runlet_rejected_messages_total", queue="actor", reason="refused")
+    incoming = rig.inject(addresses.dispatch_queue(USER, "node1"), start_job())
+    (delivered,) = rig.job_queue.wait_of(Delivered)
+    rig.tell(Settle(delivered.token, ok=False, reason="wrong key"))
+    wait_for(lambda: incoming.settled == "reject", what="the reject")
+    assert incoming in rig.broker.dead
+    assert sample("runlet_rejected_messages_total", queue="actor", reason="refused") == before + 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"\xc1garbage", id="garbage"),
+        pytest.param(start_job()[:-3], id="truncated"),
+        pytest.param(wire.encode(Ping(1, 1.0)), id="wrong-type"),
+    ],
+)
+def test_bad_dispatches_never_reach_an_actor(rig: Rig, body: bytes) -> None:
+    """Undecodable, truncated or wrong-type bodies are dead-lettered by the gateway itself."""
+    incoming = rig.inject(addresses.dispatch_queue(USER, "node1"), body)
+    assert incoming.settled == "reject"
+    assert rig.job_queue.of(Delivered) == []
+
+
+def test_a_ping_is_answered_on_the_loop(rig: Rig) -> None:
+    """A Ping on the rpc queue is acked and answered with a Pong to its reply key."""
+    reply = addresses.reply_key("viewer1", JOB)
+    incoming = rig.inject(
+        addresses.rpc_queue(USER, "node1"), wire.encode(Ping(7, 2.0)), reply_to=reply
+    )
+    assert incoming.settled == "ack"
+    (pong,) = rig.broker.sent(reply)
+    assert wire.decode(pong.body) == Pong("node1", 7, 2.0)
+
+
+def test_input_goes_to_the_jobs_session_only_on_its_own_queue(rig: Rig) -> None:
+    """With its input queue open a job's InputSent reaches its session; another job's is refused."""
+    session, _ = add_fake(rig.ctx, session_name(JOB))
+    rig.tell(OpenJobQueues(JOB, input=True, control=True))
+    prefix = addresses.job_queue(USER, JOB, "input")
+    wait_for(lambda: bool(rig.broker.known_queues(prefix)), what="the input queue")
+    (queue,) = rig.broker.known_queues(prefix)
+    rig.inject(queue, wire.encode(InputSent(JOB, "v1", 0, b"\0" * 40)))
+    assert isinstance(session.wait_of(Delivered)[0].message, InputSent)
+    other = rig.inject(queue, wire.encode(InputSent("f" * 32, "v1", 0, b"\0" * 40)))
+    assert other.settled == "reject"
+
+
+def test_closing_a_job_deletes_its_queues(rig: Rig) -> None:
+    """CloseJobQueues deletes the job's input and control queues."""
+    rig.tell(OpenJobQueues(JOB, input=True, control=True))
+    prefix = addresses.job_queue(USER, JOB, "")
+    wait_for(lambda: len(rig.broker.known_queues(prefix)) == 2, what="both job queues")
+    opened = rig.broker.known_queues(prefix)
+    rig.tell(CloseJobQueues(JOB))
+    wait_for(lambda: not rig.broker.known_queues(prefix), what="the queues gone")
+    assert sorted(rig.broker.deleted) == sorted(opened)
+
+
+# --- each job's order ----------------------------------------------------------------------
+
+
+def state(job_id: str, seq: int, name: str = "queued") -> Publish:
+    event = JobStateChanged(job_id, "node1", name, seq, 1.0)
     return Publish(
-        f"job.{job_id}.state", b"s", message_id=f"{job_id}:{seq}", durable=True, job_id=job_id
+        addresses.state_key(job_id),
+        wire.encode(event),
+        message_id=f"{job_id}:{seq}",
+        durable=True,
+        mandatory=False,
+        job_id=job_id,
     )
 
 
 def output(job_id: str, seq: int) -> Publish:
     return Publish(
-        f"job.{job_id}.output", b"o", message_id=f"{job_id}:o{seq}", job_id=job_id, after_start=True
+        addresses.output_key(job_id), b"o", f"{job_id}:o{seq}", job_id=job_id, after_start=True
     )
 
 
-def settled(held: HeldBroker, ids: list[str]) -> None:
-    wait_for(lambda: held.begun() == ids, DEADLINE, f"publishes {ids} (begun: {held.begun()})")
+@pytest.fixture
+def held(rig: Rig) -> Rig:
+    rig.broker.hold_confirms = True
+    return rig
 
 
-def test_a_jobs_state_changes_leave_one_after_the_other(
-    gateway: tuple[BrokerGateway, HeldBroker, Context],
-) -> None:
+def settled(rig: Rig, ids: list[str]) -> None:
+    wait_for(lambda: rig.published_ids() == ids, what=f"publishes {ids} ({rig.published_ids()})")
+
+
+def test_a_jobs_state_changes_leave_one_after_the_other(held: Rig) -> None:
     """A job's next state change is not published before its previous one is confirmed."""
-    gw, held, _ = gateway
-    gw.handle(state("j1", 0))
-    gw.handle(state("j1", 1))
-    gw.handle(state("j1", 2))
-    settled(held, ["j1:0"])
-    held.confirm("j1:0")
-    settled(held, ["j1:0", "j1:1"])
-    held.confirm("j1:1")
-    held.confirm("j1:2")
-    settled(held, ["j1:0", "j1:1", "j1:2"])
-    wait_for(lambda: not gw._lanes, what="the idle lane to go")
+    for seq in range(3):
+        held.tell(state(JOB, seq))
+    held.confirm(f"{JOB}:1")  # confirmed early: it still waits for seq 0
+    held.confirm(f"{JOB}:2")
+    with pytest.raises(AssertionError):
+        wait_for(lambda: held.published_ids() != [], timeout=0.3, what="(nothing yet)")
+    held.confirm(f"{JOB}:0")
+    settled(held, [f"{JOB}:0", f"{JOB}:1", f"{JOB}:2"])
 
 
-def test_other_jobs_are_not_held_by_a_slow_confirm(
-    gateway: tuple[BrokerGateway, HeldBroker, Context],
-) -> None:
+def test_other_jobs_are_not_held_by_a_slow_confirm(held: Rig) -> None:
     """Order is per job: another job's state change leaves while the first one waits."""
-    gw, held, _ = gateway
-    gw.handle(state("j1", 0))
-    gw.handle(state("j1", 1))
-    gw.handle(state("j2", 0))
-    wait_for(lambda: sorted(held.begun()) == ["j1:0", "j2:0"], what="both jobs' first states")
-    held.confirm("j2:0")
-    held.confirm("j1:0")
-    wait_for(lambda: "j1:1" in held.begun(), what="j1's second state")
+    other = "f" * 32
+    held.tell(state(JOB, 0))
+    held.tell(state(other, 0))
+    held.confirm(f"{other}:0")
+    settled(held, [f"{other}:0"])
+    held.confirm(f"{JOB}:0")
+    settled(held, [f"{other}:0", f"{JOB}:0"])
 
 
-def test_output_waits_for_running_then_follows_it(
-    gateway: tuple[BrokerGateway, HeldBroker, Context],
-) -> None:
+def test_output_waits_for_running_then_follows_it(held: Rig) -> None:
     """Output produced before `running` has left is published only after it."""
-    gw, held, _ = gateway
-    gw.handle(OpenJobQueues("j1", input=False, control=True, announce=state("j1", 0)))
-    settled(held, ["j1:0"])
-    held.confirm("j1:0")
-    gw.handle(output("j1", 0))  # the session's first chunk overtook SessionStarted
-    gw.handle(OpenJobQueues("j1", input=True, control=False, announce=state("j1", 1)))
-    settled(held, ["j1:0", "j1:1"])
-    held.confirm("j1:1")
-    settled(held, ["j1:0", "j1:1", "j1:o0"])
-    held.confirm("j1:o0")
-    gw.handle(output("j1", 1))  # `running` has left: output goes at once now
-    settled(held, ["j1:0", "j1:1", "j1:o0", "j1:o1"])
-    held.confirm("j1:o1")
+    held.tell(OpenJobQueues(JOB, input=False, control=True, announce=state(JOB, 0)))
+    held.confirm(f"{JOB}:0")
+    settled(held, [f"{JOB}:0"])
+    held.tell(output(JOB, 0))  # the session's first chunk overtook SessionStarted
+    held.tell(OpenJobQueues(JOB, input=True, control=False, announce=state(JOB, 1, "running")))
+    with pytest.raises(AssertionError):
+        wait_for(lambda: len(held.published_ids()) > 1, timeout=0.3, what="(nothing yet)")
+    held.confirm(f"{JOB}:1")
+    settled(held, [f"{JOB}:0", f"{JOB}:1", f"{JOB}:o0"])
+    held.tell(output(JOB, 1))  # `running` has left: output goes at once now
+    settled(held, [f"{JOB}:0", f"{JOB}:1", f"{JOB}:o0", f"{JOB}:o1"])
 
 
-def test_closing_a_job_that_never_ran_releases_its_output(
-    gateway: tuple[BrokerGateway, HeldBroker, Context],
-) -> None:
+def test_closing_a_job_that_never_ran_releases_its_output(held: Rig) -> None:
     """A job cancelled before `running` still gets its final chunk out, after its end state."""
-    gw, held, _ = gateway
-    gw.handle(OpenJobQueues("j1", input=False, control=True, announce=state("j1", 0)))
-    held.confirm("j1:0")
-    gw.handle(output("j1", 0))
-    gw.handle(state("j1", 1))  # cancelled
-    gw.handle(CloseJobQueues("j1"))
-    settled(held, ["j1:0", "j1:1"])
-    held.confirm("j1:1")
-    settled(held, ["j1:0", "j1:1", "j1:o0"])
-    held.confirm("j1:o0")
-    wait_for(lambda: not gw._lanes, what="the closed job's lane to go")
-    assert held.consumed  # its control queue, opened ...
-    assert held.deleted == held.consumed  # ... and deleted
+    held.tell(OpenJobQueues(JOB, input=False, control=True, announce=state(JOB, 0)))
+    held.confirm(f"{JOB}:0")
+    held.tell(output(JOB, 0))
+    held.tell(state(JOB, 1, "cancelled"))
+    held.tell(CloseJobQueues(JOB))
+    settled(held, [f"{JOB}:0"])
+    held.confirm(f"{JOB}:1")
+    settled(held, [f"{JOB}:0", f"{JOB}:1", f"{JOB}:o0"])
 
 
-def test_output_of_a_job_without_a_lane_leaves_at_once(
-    gateway: tuple[BrokerGateway, HeldBroker, Context],
-) -> None:
+def test_output_of_a_job_without_a_lane_leaves_at_once(held: Rig) -> None:
     """Output after the job's queues are closed (or of an unknown job) is never held."""
-    gw, held, _ = gateway
-    gw.handle(output("j9", 3))
-    settled(held, ["j9:o3"])
-    held.confirm("j9:o3")
-    assert not gw._lanes
+    held.tell(output("9" * 32, 3))
+    settled(held, [f"{'9' * 32}:o3"])
