@@ -10,7 +10,7 @@ Import rules are folder rules. From the bottom up:
     actors/            one module per actor                        + protocol, runtime, adapters
     runlet/testing/    public fakes of the adapters                + protocol, adapters
     runlet/roots/      daemon, server, admin                       anything; only they import actors
-    runlet/cli.py      the command line                            anything but actors
+    runlet/cli/        the command line: parser, commands          anything but actors
 
 Besides: actors never import one another; only adapters import aio-pika/aiormq, asyncpg,
 aioboto3/botocore and ptyprocess/pywinpty; only the protocol imports msgpack and PyNaCl; every
@@ -156,6 +156,7 @@ LAYERS = (
     "runlet.client",
     "runlet.roots",
     "runlet.testing",
+    "runlet.cli",
 )
 # folder -> the folders (besides itself and the foundation) its modules may import
 ALLOWED: dict[str, tuple[str, ...]] = {

@@ -1,9 +1,7 @@
-"""`runlet`: the command line, and the composition root that picks a role from the config.
+"""The commands behind `runlet …`: each takes the parsed arguments and returns an exit status.
 
-Exit statuses: a job's own status for `run` and `attach` (128+N when a signal N ended it;
-124 timed out; 75 expired, interrupted or lost; 65 rejected); otherwise 0 success, 64 bad
-usage, 65 bad data, 68 no such node or job, 69 broker unavailable, 77 key problem, 78 bad
-config, 130 interrupted by the user.
+A command that cannot go on raises a `RunletError`; `runlet.cli.main` prints it (a
+`UsageError` as `runlet COMMAND: …`) and exits with its status.
 """
 
 from __future__ import annotations
@@ -12,226 +10,21 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from runlet import __version__
 from runlet.config import Config, describe_keys, load_config
-from runlet.errors import EXIT_CANCELLED, EXIT_NOHOST, ConfigError, RunletError, UsageError
-
-EPILOG = """\
-config: -c/--config FILE, or the RUNLET_CONFIG environment variable.
-The config's `role` decides what `runlet start` runs (daemon).
-Detach from an attached job with Ctrl-] (press it twice to send it to the job).
-"""
+from runlet.errors import EXIT_NOHOST, ConfigError, UsageError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="runlet",
-        description="Run shell jobs on a fleet of devices and drive their terminals from anywhere.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("-c", "--config", help="config file (default: $RUNLET_CONFIG)")
-    parser.add_argument("--version", action="version", version=f"runlet {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    start = sub.add_parser("start", help="run this device's daemon in the foreground")
-    start.set_defaults(func=cmd_start)
-
-    run = sub.add_parser(
-        "run",
-        help="run a command on a node and follow it in this terminal",
-        description="Run a command in a pseudo-terminal on a node. One argument containing "
-        "shell syntax runs through the node's shell; several are an argv.",
-    )
-    run.add_argument(
-        "--on",
-        default="",
-        metavar="TARGET",
-        help="NODE, any (next free node), all (every node), tag:TAG; default: this node",
-    )
-    run.add_argument("-d", "--detach", action="store_true", help="print the job id and return")
-    run.add_argument(
-        "--deadline",
-        type=_seconds,
-        metavar="SECONDS",
-        help="give up if the job has not started this many seconds from now (expired)",
-    )
-    run.add_argument(
-        "--timeout",
-        type=_seconds,
-        metavar="SECONDS",
-        help="end the job (SIGTERM, grace, SIGKILL) after it ran this long",
-    )
-    run.add_argument(
-        "-e",
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set an environment variable for the job (repeatable)",
-    )
-    run.add_argument("--cwd", help="working folder on the node")
-    run.add_argument("--json", action="store_true", help="with --detach: print JSON")
-    run.add_argument("--detach-key", default="ctrl-]", help="key that detaches (default ctrl-])")
-    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
-    run.set_defaults(func=cmd_run)
-
-    attach = sub.add_parser(
-        "attach", help="follow a running or finished job: screen so far, then live"
-    )
-    attach.add_argument("job_id")
-    attach.add_argument("--read-only", action="store_true", help="watch without typing")
-    attach.add_argument("--detach-key", default="ctrl-]", help="key that detaches (default ctrl-])")
-    attach.set_defaults(func=cmd_attach)
-
-    _add_logs(sub)
-
-    send = sub.add_parser("send", help="type text into a running job (\\r, \\n, \\t, \\e, \\xNN)")
-    send.add_argument("job_id")
-    send.add_argument("text")
-    send.set_defaults(func=cmd_send)
-
-    cancel = sub.add_parser("cancel", help="end a job: SIGTERM, grace period, then SIGKILL")
-    cancel.add_argument("job_id")
-    cancel.add_argument("--no-wait", action="store_true", help="do not wait for the job to end")
-    cancel.set_defaults(func=cmd_cancel)
-
-    _add_key(sub)
-
-    _add_queries(sub)
-    _add_users(sub)
-    _add_ping(sub)
-
-    check = sub.add_parser("check-config", help="validate a config file and print what it sets")
-    check.add_argument("file")
-    check.add_argument("--json", action="store_true", help="print the settings as JSON")
-    check.set_defaults(func=cmd_check_config)
-
-    keys = sub.add_parser("config-keys", help="list every config key with its default")
-    keys.set_defaults(func=cmd_config_keys)
-    return parser
-
-
-def _add_logs(sub: Any) -> None:
-    logs = sub.add_parser(
-        "logs",
-        help="show a job's log from any device: verified, replayable, followable",
-        description="A finished job's log comes from this device's copy or the object store "
-        "(whichever the sync rule picks); a running job's from its node. Every chunk is "
-        "verified; damage is reported on stderr with the chunk it concerns (exit 65).",
-    )
-    logs.add_argument("job_id")
-    logs.add_argument("-f", "--follow", action="store_true", help="keep following a running job")
-    logs.add_argument("--play", action="store_true", help="replay with the original timing")
-    logs.add_argument(
-        "--speed", type=_positive, default=1.0, help="--play speed factor (default 1)"
-    )
-    logs.add_argument(
-        "--max-pause",
-        type=_positive,
-        default=2.0,
-        metavar="SECONDS",
-        help="--play: longest pause between chunks (default 2)",
-    )
-    logs.add_argument("--raw", action="store_true", help="write the bytes unchanged (for pipes)")
-    logs.add_argument("--node", help="the node that ran the job, if the store index is missing")
-    logs.set_defaults(func=cmd_logs)
-
-
-def _add_queries(sub: Any) -> None:
-    jobs = sub.add_parser("jobs", help="list jobs recorded by the server, newest first")
-    jobs.add_argument("--node", help="only jobs of this node")
-    jobs.add_argument("--state", help="only jobs in this state (queued, running, exited, ...)")
-    jobs.add_argument("--since", help="only jobs queued since: 10m, 2h, 1d, an ISO time, unix s")
-    jobs.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
-    jobs.add_argument("--json", action="store_true", help="print JSON")
-    jobs.set_defaults(func=cmd_jobs)
-    job = sub.add_parser("job", help="one job's whole state history, from the server")
-    job.add_argument("job_id")
-    job.add_argument("--json", action="store_true", help="print JSON")
-    job.set_defaults(func=cmd_job)
-    nodes = sub.add_parser("nodes", help="the fleet's nodes: online or not, last seen, jobs")
-    nodes.add_argument("--json", action="store_true", help="print JSON")
-    nodes.set_defaults(func=cmd_nodes)
-
-
-def _add_users(sub: Any) -> None:
-    user = sub.add_parser("user", help="server admin: users and their broker accounts")
-    user_sub = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
-    add = user_sub.add_parser("add", help="create a user and print a ready device config")
-    add.add_argument("name")
-    add.add_argument("--rotate", action="store_true", help="existing user: set a new password")
-    add.add_argument("--node", default="CHANGE-ME", help="node name to put in the printed config")
-    add.set_defaults(func=cmd_user_add)
-    listing = user_sub.add_parser("list", help="list users")
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(func=cmd_user_list)
-    remove = user_sub.add_parser("remove", help="delete a user's broker account and resources")
-    remove.add_argument("name")
-    remove.set_defaults(func=cmd_user_remove)
-
-
-def _add_ping(sub: Any) -> None:
-    ping = sub.add_parser(
-        "ping",
-        help="round-trip latency to a node's daemon through the broker, like ping",
-        description="Each probe goes client → broker → daemon → broker → client. With --pty, "
-        "each probe is a keystroke typed into `cat` in a PTY on the node, timed to its echo.",
-    )
-    ping.add_argument("node")
-    ping.add_argument("--pty", action="store_true", help="time keystroke echoes through a PTY")
-    ping.add_argument("-c", "--count", type=int, default=10, help="probes to send (default 10)")
-    ping.add_argument("-i", "--interval", type=float, default=0.2, help="seconds between probes")
-    ping.add_argument("-W", "--timeout", type=_positive, default=2.0, help="seconds per probe")
-    ping.add_argument("--json", action="store_true", help="print a JSON summary only")
-    ping.set_defaults(func=cmd_ping)
-
-
-def _add_key(sub: Any) -> None:
-    key = sub.add_parser("key", help="the fleet key shared by this user's devices")
-    key_sub = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
-    k_init = key_sub.add_parser("init", help="make a new fleet key at crypto.key_file")
-    k_init.add_argument("--force", action="store_true", help="replace an existing key")
-    k_init.set_defaults(func=cmd_key_init)
-    key_sub.add_parser(
-        "export", help="print the key as one line, to import on another device"
-    ).set_defaults(func=cmd_key_export)
-    k_import = key_sub.add_parser("import", help="store a key read from standard input")
-    k_import.add_argument("--force", action="store_true", help="replace an existing key")
-    k_import.set_defaults(func=cmd_key_import)
-    key_sub.add_parser("show", help="print the key's fingerprint (safe to share)").set_defaults(
-        func=cmd_key_show
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except UsageError as exc:  # said as argparse says it: the command, then what is wrong
-        print(f"runlet {_command(func)}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except RunletError as exc:
-        print(f"runlet: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("runlet: interrupted", file=sys.stderr)
-        return EXIT_CANCELLED
-
-
-def _command(func: Callable[[argparse.Namespace], int]) -> str:
+def command_name(func: Callable[[argparse.Namespace], int]) -> str:
     """`cmd_user_add` → `user add`."""
     return (
         func.__name__.removeprefix("cmd_").replace("_", " ").replace("check config", "check-config")
     )
 
 
-def _seconds(text: str) -> float:
+def seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -241,7 +34,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> float:
+def positive(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -534,7 +327,3 @@ def _config_dict(config: Config) -> dict[str, Any]:
         "log": {"level": config.log.level, "format": config.log.format},
         "source": config.source,
     }
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
