@@ -212,14 +212,8 @@ def cmd_ping(args: argparse.Namespace) -> int:
     async def go() -> ping.PingStats:
         async with Client(config, _fleet_key(config)) as client:
             probe = ping.ping_pty if args.pty else ping.ping_daemon
-            return await probe(
-                client,
-                args.node,
-                count=args.count,
-                interval=args.interval,
-                timeout=args.timeout,
-                report=report,
-            )
+            probes = ping.Probes(args.count, args.interval, args.timeout, report)
+            return await probe(client, args.node, probes)
 
     stats = asyncio.run(go())
     summary = stats.summary()

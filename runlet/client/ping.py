@@ -58,16 +58,26 @@ class PingStats:
 Report = Callable[[int, float | None], None]
 
 
+def _quiet(seq: int, elapsed: float | None) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Probes:
+    """How to probe: how many, how far apart, how long to wait for each, whom to tell."""
+
+    count: int
+    interval: float = 0.0
+    timeout: float = 5.0
+    report: Report = _quiet  # report(seq, seconds or None) after each probe
+
+
 async def ping_daemon(
     client: Client,
     node: str,
-    *,
-    count: int,
-    interval: float,
-    timeout: float,
-    report: Report,
+    probes: Probes,
 ) -> PingStats:
-    """Probe the daemon of `node` `count` times; `report(seq, seconds or None)` per probe."""
+    """Probe the daemon of `node` as `probes` says."""
     info = await client.broker.queue_info(addresses.dispatch_queue(client.config.user, node))
     if info is None:
         raise NoSuchTarget(f"node:{node}")
@@ -83,7 +93,7 @@ async def ping_daemon(
     name = addresses.job_queue(client.config.user, "0" * 32, "pongs", client.viewer)
     await client.broker.consume(QueueSpec(name, "exclusive", (reply,), dead_letter=False), on_pong)
     stats = PingStats()
-    for seq in range(1, count + 1):
+    for seq in range(1, probes.count + 1):
         stats.sent += 1
         started = time.perf_counter()
         await client.broker.publish(
@@ -94,12 +104,12 @@ async def ping_daemon(
             mandatory=False,
             reply_to=reply,
         )
-        elapsed = await _wait_pong(pongs, seq, started, timeout)
+        elapsed = await _wait_pong(pongs, seq, started, probes.timeout)
         if elapsed is not None:
             stats.times.append(elapsed)
-        report(seq, elapsed)
-        if seq < count:
-            await asyncio.sleep(interval)
+        probes.report(seq, elapsed)
+        if seq < probes.count:
+            await asyncio.sleep(probes.interval)
     return stats
 
 
@@ -120,11 +130,7 @@ async def _wait_pong(
 async def ping_pty(
     client: Client,
     node: str,
-    *,
-    count: int,
-    interval: float,
-    timeout: float,
-    report: Report,
+    probes: Probes,
 ) -> PingStats:
     """Type one byte at a time into `cat` on the node and time each echo."""
     job_id = addresses.new_job_id()
@@ -136,20 +142,20 @@ async def ping_pty(
     await asyncio.sleep(0.2)  # let stty take effect before the first probe
     stats = PingStats()
     try:
-        for seq in range(1, count + 1):
+        for seq in range(1, probes.count + 1):
             probe = bytes([0x41 + seq % 26])
             stats.sent += 1
             before = len(seen)
             started = time.perf_counter()
             await client.send_input(job_id, probe)
             elapsed = await _wait_echo(
-                watch, reasm, seen, before=before, started=started, timeout=timeout
+                watch, reasm, seen, before=before, started=started, timeout=probes.timeout
             )
             if elapsed is not None:
                 stats.times.append(elapsed)
-            report(seq, elapsed)
-            if seq < count and interval > 0:
-                await asyncio.sleep(interval)
+            probes.report(seq, elapsed)
+            if seq < probes.count and probes.interval > 0:
+                await asyncio.sleep(probes.interval)
     finally:
         await client.control(job_id, Control("signal", signal=9))
     return stats

@@ -10,7 +10,6 @@ import os
 import string
 import termios
 import tty
-from types import TracebackType
 from typing import Any, Self
 
 DETACH_KEY_DEFAULT = "ctrl-]"
@@ -50,12 +49,7 @@ class RawMode:
             self._saved = saved
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         saved, self._saved = self._saved, None
         if saved is not None:
             termios.tcsetattr(self._fd, termios.TCSADRAIN, saved)

@@ -56,26 +56,17 @@ class MemoryIncoming:
     message: Published
     redelivered: bool = False
     settled: str | None = None
+    # what a consumer reads, copied from the message (Incoming's read-only properties)
+    body: bytes = field(init=False)
+    message_id: str | None = field(init=False)
+    reply_to: str | None = field(init=False)
+    correlation_id: str | None = field(init=False)
+    routing_key: str = field(init=False)
 
-    @property
-    def body(self) -> bytes:
-        return self.message.body
-
-    @property
-    def message_id(self) -> str | None:
-        return self.message.message_id
-
-    @property
-    def reply_to(self) -> str | None:
-        return self.message.reply_to
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self.message.correlation_id
-
-    @property
-    def routing_key(self) -> str:
-        return self.message.routing_key
+    def __post_init__(self) -> None:
+        m = self.message
+        self.body, self.message_id, self.routing_key = m.body, m.message_id, m.routing_key
+        self.reply_to, self.correlation_id = m.reply_to, m.correlation_id
 
     async def ack(self) -> None:
         self._settle("ack")
@@ -155,19 +146,11 @@ class MemoryBroker:
         while queue.backlog:
             self._hand(queue, queue.backlog.popleft())
 
-    async def publish(
-        self,
-        routing_key: str,
-        body: bytes,
-        *,
-        message_id: str,
-        durable: bool = True,
-        mandatory: bool = True,
-        exchange: str | None = None,
-        reply_to: str | None = None,
-        correlation_id: str | None = None,
-        deadline: float | None = None,
-    ) -> None:
+    async def publish(  # the port's signature; `deadline` has no meaning here
+        self, routing_key: str, body: bytes, *, message_id: str, durable: bool = True,
+        mandatory: bool = True, exchange: str | None = None, reply_to: str | None = None,
+        correlation_id: str | None = None, deadline: float | None = None,
+    ) -> None:  # fmt: skip
         self._check()
         name = addresses.exchange(self.user) if exchange is None else exchange
         message = Published(

@@ -22,7 +22,7 @@ from typing import Any
 
 from ptyprocess import PtyProcess
 
-from runlet.client.ping import ping_daemon, ping_pty
+from runlet.client.ping import Probes, ping_daemon, ping_pty
 from runlet.client.session import Client
 from tests.bench.common import Bench, latency_summary, percentile, read_marker, read_until
 from tests.bench.report import Figure, Row, Section, Target
@@ -108,9 +108,7 @@ def runlet_keystrokes(config: Any, key: Any, count: int) -> tuple[list[float], i
 
     async def go() -> tuple[list[float], int]:
         async with Client(config, key) as client:
-            stats = await ping_pty(
-                client, NODE, count=count, interval=0, timeout=5.0, report=lambda *_: None
-            )
+            stats = await ping_pty(client, NODE, Probes(count))
         return stats.times, stats.sent - stats.received
 
     return asyncio.run(go())
@@ -119,9 +117,7 @@ def runlet_keystrokes(config: Any, key: Any, count: int) -> tuple[list[float], i
 def daemon_pings(config: Any, key: Any, count: int) -> tuple[list[float], int]:
     async def go() -> tuple[list[float], int]:
         async with Client(config, key) as client:
-            stats = await ping_daemon(
-                client, NODE, count=count, interval=0, timeout=5.0, report=lambda *_: None
-            )
+            stats = await ping_daemon(client, NODE, Probes(count))
         return stats.times, stats.sent - stats.received
 
     return asyncio.run(go())

@@ -42,23 +42,13 @@ def test_ping_reaches_the_daemon_and_a_pty_echo(fleet: Fleet) -> None:
 
     async def scenario() -> None:
         async with Client(fleet.client_config("edge-1"), fleet.key) as client:
-            plain = await ping.ping_daemon(
-                client,
-                "edge-2",
-                count=5,
-                interval=0.0,
-                timeout=5.0,
-                report=lambda seq, t: seen.append((seq, t)),
-            )
-            echo = await ping.ping_pty(
-                client, "edge-2", count=5, interval=0.0, timeout=5.0, report=lambda s, t: None
-            )
+            probes = ping.Probes(5, 0.0, 5.0, lambda seq, t: seen.append((seq, t)))
+            plain = await ping.ping_daemon(client, "edge-2", probes)
+            echo = await ping.ping_pty(client, "edge-2", ping.Probes(5))
             assert (plain.sent, plain.received, echo.sent, echo.received) == (5, 5, 5, 5)
             assert all(t > 0 for t in plain.times + echo.times)
             try:
-                await ping.ping_daemon(
-                    client, "nowhere", count=1, interval=0.0, timeout=1.0, report=lambda s, t: None
-                )
+                await ping.ping_daemon(client, "nowhere", ping.Probes(1, timeout=1.0))
             except NoSuchTarget:
                 return
             raise AssertionError("pinging an unknown node must fail at once")
