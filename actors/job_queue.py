@@ -51,6 +51,9 @@ from runlet.runtime.local_messages import (
 )
 from runlet.runtime.names import GATEWAY, GOVERNOR, VAULT, session_job, session_name
 
+JOURNAL_RETENTION = 7 * 86400.0  # a finished job stays this long: a late redelivery is dropped
+JOURNAL_SWEEP_SECONDS = 3600.0  # how often finished jobs past the retention are forgotten
+
 
 class JobQueue(Actor):
     """Owns the journal; the only actor that changes a job's state."""
@@ -67,6 +70,7 @@ class JobQueue(Actor):
         self.journal: Journal | None = None
         self.starting: set[str] = set()  # sessions asked for and not yet reported
         self.log_problems: dict[str, str] = {}  # jobs whose log is incomplete, and why
+        self.swept_at = float("-inf")  # when finished jobs were last forgotten
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -122,6 +126,7 @@ class JobQueue(Actor):
                 self.log_problems[job_id] = f"its log is incomplete from chunk {seq}: {reason}"
             case HeartbeatDue():
                 self._heartbeat()
+                self._sweep_journal()
             case RetryJournal(job_id=job_id, state=state, target=target, details=details):
                 entry = self._journal.get(job_id)
                 if entry is not None and entry.state != state:
@@ -301,6 +306,20 @@ class JobQueue(Actor):
                 entry.signal,
             ),
         )
+
+    def _sweep_journal(self) -> None:
+        """Forget jobs that ended long ago, so the journal of a small board does not grow."""
+        now = self.ctx.clock()
+        if now - self.swept_at < JOURNAL_SWEEP_SECONDS:
+            return
+        self.swept_at = now
+        try:
+            forgotten = self._journal.forget_finished(older_than=now - JOURNAL_RETENTION)
+        except StorageError as exc:
+            self.log.warning("journal_sweep_failed", error=str(exc))
+            return
+        if forgotten:
+            self.log.info("journal_swept", jobs=forgotten)
 
     def _heartbeat(self) -> None:
         """Tell the server this node is alive and what it holds; again and again."""

@@ -190,10 +190,6 @@ class Journal:
         with self._reading("reading a job") as conn:
             return self._select_one(conn, job_id)
 
-    def recent(self, limit: int = 100) -> list[JournalEntry]:
-        """Up to `limit` jobs, newest accepted first."""
-        return self._select("ORDER BY order_no DESC LIMIT ?", (limit,))
-
     def forget_finished(self, older_than: float) -> int:
         """Delete terminal jobs that ended before `older_than`; returns how many.
 

@@ -138,11 +138,6 @@ def decode_as(data: bytes, cls: type[T]) -> T:
     return msg
 
 
-def tag_of(cls: type[Any]) -> str:
-    """The wire tag of a registered message class."""
-    return _TAGS[cls]
-
-
 def _unpack(data: bytes) -> dict[str, Any]:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ProtocolError(f"message body must be bytes, not {type(data).__name__}")

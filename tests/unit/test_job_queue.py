@@ -13,7 +13,8 @@ import pykka
 import pytest
 
 from actors.governor import Governor
-from actors.job_queue import JobQueue
+from actors.job_queue import JOURNAL_RETENTION, JOURNAL_SWEEP_SECONDS, JobQueue
+from runlet.adapters.journal import Journal
 from runlet.protocol import addresses, wire
 from runlet.protocol.crypto import FleetKey
 from runlet.protocol.messages import ControlSent, JobStateChanged, ReplayRequested, StartJob
@@ -25,6 +26,7 @@ from runlet.runtime.local_messages import (
     CloseJobQueues,
     Delivered,
     ForgetChild,
+    HeartbeatDue,
     OpenJobQueues,
     OpenLog,
     Publish,
@@ -670,3 +672,28 @@ def test_an_exit_code_outside_a_byte_is_kept_when_the_session_gave_a_detail(
     assert event.exit_code == 255
     assert event.detail is not None
     assert "0xc000013a" in event.detail
+
+
+def test_jobs_finished_long_ago_are_forgotten_on_a_heartbeat(tmp_path: Path) -> None:
+    """Past the retention a finished job leaves the journal; a live or recent one stays."""
+    clock = FakeClock(NOW)
+    with running_context(tmp_path, clock=clock) as ctx:
+        node = Node(ctx)
+        node.start_queue()
+        old, live = node.job(), node.job()
+        for job in (old, live):
+            node.deliver(job)
+            node.wait_state(job.job_id, "queued")
+        node.run(old)
+        node.sessions.end(old.job_id, "exited", ExitStatus(0, None))
+        node.wait_state(old.job_id, "exited")
+        clock.advance(JOURNAL_RETENTION + JOURNAL_SWEEP_SECONDS + 1)
+        recent = node.job()
+        node.deliver(recent)
+        node.wait_state(recent.job_id, "queued")
+        assert ctx.router.tell("job_queue", HeartbeatDue())
+        node.quiet()
+        with Journal(node.journal_path) as journal:
+            assert journal.get(old.job_id) is None
+            assert journal.get(live.job_id) is not None
+            assert journal.get(recent.job_id) is not None

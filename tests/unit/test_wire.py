@@ -97,7 +97,10 @@ def _sample(cls: type[Any]) -> Any:
 
 
 def _tag(msg: object) -> str:
-    return wire.tag_of(type(msg))
+    """The type tag the codec writes for `msg` (the wire format's `t`)."""
+    tag = _raw(msg)["t"]
+    assert isinstance(tag, str)
+    return tag
 
 
 def _rejects(data: bytes, *needles: str) -> str:
@@ -202,10 +205,10 @@ def test_decode_as_checks_the_class() -> None:
         wire.decode_as(data, m.OutputChunk)
 
 
-def test_tag_of_names_the_registered_tag() -> None:
-    """tag_of gives the tag a class was registered under."""
-    assert wire.tag_of(m.StartJob) == "start_job"
-    assert wire.tag_of(m.OutputChunk) == "output"
+def test_a_message_is_written_under_its_registered_tag() -> None:
+    """The encoding's type tag is the one its class was registered under."""
+    assert _tag(_sample(m.StartJob)) == "start_job"
+    assert _tag(_sample(m.OutputChunk)) == "output"
 
 
 # --- encode errors -------------------------------------------------------------------------
@@ -450,7 +453,7 @@ def test_missing_required_field(cls: type[Any], name: str) -> None:
     """Leaving out a required field is rejected, naming the field."""
     raw = _raw(_sample(cls))
     del raw[name]
-    _rejects(_pack(raw), wire.tag_of(cls), f"missing field {name!r}")
+    _rejects(_pack(raw), _tag(_sample(cls)), f"missing field {name!r}")
 
 
 NAN = float("nan")
@@ -487,7 +490,7 @@ _CASES_WRONG = [
 def test_every_field_with_a_wrong_type(cls: type[Any], name: str, value: object) -> None:
     """A value of the wrong type in any field is rejected, naming tag and field."""
     raw = _raw(_sample(cls)) | {name: value}
-    _rejects(_pack(raw), f"{wire.tag_of(cls)}.{name}")
+    _rejects(_pack(raw), f"{_tag(_sample(cls))}.{name}")
 
 
 def test_every_field_type_is_covered() -> None:
@@ -543,7 +546,7 @@ _WITH_JOB_ID = [cls for cls in wire._TAGS if "job_id" in {f.name for f in datacl
 def test_invalid_job_id(cls: type[Any], job_id: str) -> None:
     """Every message with a job id rejects an invalid one, by decoding or by construction."""
     raw = _raw(_sample(cls)) | {"job_id": job_id}
-    _rejects(_pack(raw), wire.tag_of(cls), "invalid job id")
+    _rejects(_pack(raw), _tag(_sample(cls)), "invalid job id")
     with pytest.raises(ValueError, match="invalid job id"):
         dataclasses.replace(_sample(cls), job_id=job_id)
 
@@ -571,7 +574,7 @@ _NAME_FIELDS = [
 def test_invalid_names(cls: type[Any], field: str, name: str) -> None:
     """Node, user, origin and viewer names must be routing-key words."""
     raw = _raw(_sample(cls)) | {field: name}
-    _rejects(_pack(raw), wire.tag_of(cls), "invalid")
+    _rejects(_pack(raw), _tag(_sample(cls)), "invalid")
     with pytest.raises(ValueError, match="invalid"):
         dataclasses.replace(_sample(cls), **{field: name})
 
@@ -607,7 +610,7 @@ _SEQ_FIELDS = [
 def test_seq_out_of_range(cls: type[Any], field: str, seq: int) -> None:
     """Sequence numbers must be in 0..2**63-1."""
     raw = _raw(_sample(cls)) | {field: seq}
-    _rejects(_pack(raw), wire.tag_of(cls), "out of range")
+    _rejects(_pack(raw), _tag(_sample(cls)), "out of range")
 
 
 @pytest.mark.parametrize("flags", [-1, 256, 2**32])
@@ -622,7 +625,7 @@ def test_flags_out_of_range(flags: int) -> None:
 def test_unknown_state(cls: type[Any], state: str) -> None:
     """A state outside STATES is rejected."""
     raw = _raw(_sample(cls)) | {"state": state}
-    _rejects(_pack(raw), wire.tag_of(cls), "unknown state")
+    _rejects(_pack(raw), _tag(_sample(cls)), "unknown state")
 
 
 _STATUS_CLASSES = [m.JobStateChanged, m.ReplayFinished]
@@ -633,7 +636,7 @@ _STATUS_CLASSES = [m.JobStateChanged, m.ReplayFinished]
 def test_exit_code_out_of_range(cls: type[Any], exit_code: int) -> None:
     """An exit code outside 0..255 is rejected when decoding, naming the range."""
     raw = _raw(_sample(cls)) | {"exit_code": exit_code}
-    _rejects(_pack(raw), wire.tag_of(cls), f"exit code {exit_code} out of range 0..255")
+    _rejects(_pack(raw), _tag(_sample(cls)), f"exit code {exit_code} out of range 0..255")
 
 
 @pytest.mark.parametrize("signal", [0, -1, 128, 2**64 - 1])
@@ -641,7 +644,7 @@ def test_exit_code_out_of_range(cls: type[Any], exit_code: int) -> None:
 def test_signal_out_of_range(cls: type[Any], signal: int) -> None:
     """A signal outside 1..127 is rejected when decoding, naming the range."""
     raw = _raw(_sample(cls)) | {"signal": signal}
-    _rejects(_pack(raw), wire.tag_of(cls), f"signal {signal} out of range 1..127")
+    _rejects(_pack(raw), _tag(_sample(cls)), f"signal {signal} out of range 1..127")
 
 
 @pytest.mark.parametrize(("exit_code", "signal"), [(0, 1), (255, 127), (None, None)])
@@ -674,7 +677,7 @@ def test_sealed_size_caps(cls: type[Any], field: str, limit: int) -> None:
     at_cap = _raw(_sample(cls)) | {field: b"x" * limit}
     assert getattr(wire.decode(_pack(at_cap)), field) == b"x" * limit
     over = _raw(_sample(cls)) | {field: b"x" * (limit + 1)}
-    _rejects(_pack(over), wire.tag_of(cls), "over the", str(limit))
+    _rejects(_pack(over), _tag(_sample(cls)), "over the", str(limit))
 
 
 # --- fuzzing ---------------------------------------------------------------------------------
