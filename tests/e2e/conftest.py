@@ -24,7 +24,9 @@ from tests.support import REPO, Fleet, broker_is_up  # noqa: F401 - autouse, fai
 
 TERM = "xterm-256color"
 DECCKM = 1 << 5  # pyte keeps private mode N as N << 5; mode 1 is the cursor keys' mode
-WAIT_SECONDS = 15.0
+# A bound on what a user would see at once: a `runlet` process starts (a whole Python, on a
+# busy 2-core machine that can take seconds) and the screen shows the effect.
+WAIT_SECONDS = 30.0
 CURSES_APP = Path(__file__).resolve().parent / "curses_app.py"
 
 # What xterm sends for each key; arrows depend on the cursor keys' mode (normal, application).
@@ -124,7 +126,13 @@ class Terminal:
             if time.monotonic() > end:
                 raise AssertionError(f"still running after {timeout} s; screen:\n{self.text()}")
             self.pump(0.1)
-        self.child.wait()  # the terminal's end can come a moment before the process's
+        while self.child.isalive():  # the terminal's end can come a moment before the process's
+            if time.monotonic() > end:
+                raise AssertionError(
+                    f"its terminal closed, but it still runs after {timeout} s; screen:\n"
+                    f"{self.text()}"
+                )
+            time.sleep(0.05)
         self.child.close()
         if self.child.signalstatus is not None:
             return 128 + int(self.child.signalstatus)
@@ -202,15 +210,21 @@ def terminal() -> Iterator[Terminals]:
         terminals.close()
 
 
-def runlet(config: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def runlet(config: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run a non-interactive `runlet` command (no terminal) to its end."""
-    return subprocess.run(
-        runlet_argv(config, *args),
-        env=client_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    try:
+        return subprocess.run(
+            runlet_argv(config, *args),
+            env=client_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(
+            f"`runlet {' '.join(args)}` still running after {timeout} s; its output so far:"
+            f" {exc.stdout!r} {exc.stderr!r}"
+        ) from None

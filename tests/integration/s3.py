@@ -11,7 +11,8 @@ Fixtures (import them into a conftest or a test module):
 
 moto keeps its buckets in process-wide memory, so a restarted server (same port) and every
 server of the run see the same objects. For an endpoint that refuses connections or never
-answers, use `refusing_endpoint()` and `silent_endpoint()`.
+answers, use `refusing_endpoint()` and `silent_endpoint()` (`silent_store()` also counts the
+connections made to it).
 """
 
 from __future__ import annotations
@@ -137,13 +138,41 @@ def refusing_endpoint() -> Iterator[str]:
     yield f"http://{HOST}:{port}"
 
 
+@dataclass
+class SilentStore:
+    """An endpoint whose connections wait in the kernel's backlog, never taken, never answered."""
+
+    endpoint: str
+    listener: socket.socket
+
+    def connections(self) -> int:
+        """How many connections were made to it since the last call (takes and closes them)."""
+        self.listener.setblocking(False)
+        count = 0
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except BlockingIOError:
+                return count
+            conn.close()
+            count += 1
+
+
 @contextmanager
-def silent_endpoint() -> Iterator[str]:
-    """An http:// endpoint that accepts connections (in the kernel) and never answers."""
+def silent_store() -> Iterator[SilentStore]:
+    """A `SilentStore` on 127.0.0.1: every connection is accepted (in the kernel) and no
+    request ever answered; it counts the connections."""
     with socket.socket() as listener:
         listener.bind((HOST, 0))
         listener.listen(16)
-        yield f"http://{HOST}:{listener.getsockname()[1]}"
+        yield SilentStore(f"http://{HOST}:{listener.getsockname()[1]}", listener)
+
+
+@contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """An http:// endpoint that accepts connections (in the kernel) and never answers."""
+    with silent_store() as store:
+        yield store.endpoint
 
 
 @dataclass

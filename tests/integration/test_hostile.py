@@ -14,7 +14,15 @@ from runlet.protocol.addresses import new_job_id
 from runlet.protocol.crypto import FleetKey
 from runlet.protocol.messages import ControlSent, InputSent, OutputChunk, ReplayRequested, StartJob
 from runlet.protocol.payloads import Control, JobSpec, seal_input
-from tests.support import Fleet, follow_to_end, queue_info, run, wait_for, wait_state
+from tests.support import (
+    EVENT_SECONDS,
+    Fleet,
+    follow_to_end,
+    queue_info,
+    run,
+    wait_for,
+    wait_state,
+)
 
 
 def _bad_bodies(job_id: str, user: str) -> list[tuple[str, bytes]]:
@@ -45,6 +53,18 @@ def _dead_count(user: str) -> int:
     return (queue_info(user, addresses.dead_letter_queue(user)) or (0, 0))[0]
 
 
+def _wait_dead_letters(user: str, count: int) -> None:
+    """Until the dead-letter queue holds `count` messages (then exactly that many)."""
+    wait_for(
+        lambda: _dead_count(user) >= count,
+        EVENT_SECONDS,
+        f"{count} dead letters",
+        seen=lambda: f"{_dead_count(user)} dead letters",
+        interval=0.1,
+    )
+    assert _dead_count(user) == count
+
+
 @pytest.mark.parametrize("key", ["dispatch.node.edge-1", "dispatch.any", "node.edge-1.rpc"])
 def test_garbage_on_shared_queues_is_dead_lettered(fleet: Fleet, key: str) -> None:
     """Garbage, truncated, oversize, misplaced messages are dead-lettered; real jobs still run."""
@@ -67,7 +87,7 @@ def test_garbage_on_shared_queues_is_dead_lettered(fleet: Fleet, key: str) -> No
             assert final.state == "exited"
 
     run(scenario())
-    wait_for(lambda: _dead_count(fleet.user) == len(bodies), 10, f"{len(bodies)} dead letters")
+    _wait_dead_letters(fleet.user, len(bodies))
     assert not os.path.exists("/tmp/runlet-must-not-run")
 
 
@@ -87,7 +107,7 @@ def test_wrongly_keyed_job_is_reported_rejected(fleet: Fleet) -> None:
             assert "did not authenticate" in event.detail or "another fleet key" in event.detail
 
     run(scenario())
-    wait_for(lambda: _dead_count(fleet.user) == 1, 10, "one dead letter")
+    _wait_dead_letters(fleet.user, 1)
 
 
 def test_bad_input_and_control_for_a_running_job(fleet: Fleet) -> None:
@@ -121,9 +141,7 @@ def test_bad_input_and_control_for_a_running_job(fleet: Fleet) -> None:
                 await client.broker.publish(
                     key, body, message_id=f"bad{n}", durable=True, mandatory=True
                 )
-            await asyncio.to_thread(
-                wait_for, lambda: _dead_count(fleet.user) == len(bad), 10, "dead letters"
-            )
+            await asyncio.to_thread(_wait_dead_letters, fleet.user, len(bad))
             await client.send_input(job_id, b"hello\r", confirm=True)
             out, final = await follow_to_end(client, watch, job_id)
             assert b"got=hello" in out

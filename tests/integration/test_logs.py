@@ -7,11 +7,12 @@ import asyncio
 import io
 import os
 import signal
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr
 from functools import partial
 from pathlib import Path
+
+from prometheus_client import REGISTRY
 
 from runlet.adapters.blobstore import BlobStore, RemoteLog, hash_file
 from runlet.adapters.logfile import FLAG_FINAL, LogWriter, Record, read_records
@@ -21,7 +22,7 @@ from runlet.config import StorageConfig, load_config
 from runlet.protocol.addresses import new_job_id
 from runlet.protocol.payloads import JobSpec
 from tests.integration.s3 import MotoServer, make_storage_config
-from tests.support import Fleet, follow_to_end, run, wait_for
+from tests.support import EVENT_SECONDS, STARTUP_SECONDS, Fleet, follow_to_end, run, wait_for
 
 
 def storage_toml(cfg: StorageConfig, *, checkpoint: float = 60.0, max_bytes: int = 0) -> str:
@@ -56,6 +57,23 @@ def remote(cfg: StorageConfig, user: str, node: str, job_id: str) -> RemoteLog |
 def uploaded(cfg: StorageConfig, user: str, node: str, job_id: str) -> bool:
     found = remote(cfg, user, node, job_id)
     return found is not None and found.final
+
+
+def wait_uploaded(cfg: StorageConfig, user: str, node: str, job_id: str, timeout: float) -> None:
+    """Until the job's final log is in the store; on timeout, what the store holds of it."""
+    wait_for(
+        partial(uploaded, cfg, user, node, job_id),
+        timeout,
+        f"the final upload of {job_id}",
+        seen=lambda: f"in the store: {remote(cfg, user, node, job_id)}",
+        interval=0.1,
+    )
+
+
+def failed_uploads() -> float:
+    """Final uploads that failed, over every daemon in this process (a process-wide counter)."""
+    value = REGISTRY.get_sample_value("runlet_uploads_total", {"kind": "final", "result": "failed"})
+    return value or 0.0
 
 
 def all_objects(cfg: StorageConfig, user: str) -> list[bytes]:
@@ -116,7 +134,7 @@ def test_finished_log_is_uploaded_with_hash_and_finish_time(
     """A finished job's log lands at <user>/<node>/<job>.rlog with its hash and finish time."""
     fleet.start_daemon("edge-1", extra=storage_toml(storage_config))
     job_id, _ = run_job(fleet, "edge-1", "echo uploaded-output")
-    wait_for(lambda: uploaded(storage_config, fleet.user, "edge-1", job_id), 15, "the upload")
+    wait_uploaded(storage_config, fleet.user, "edge-1", job_id, EVENT_SECONDS)
     found = remote(storage_config, fleet.user, "edge-1", job_id)
     assert found is not None
     local = fleet.root / "edge-1" / "vault" / f"{job_id}.rlog"
@@ -124,7 +142,10 @@ def test_finished_log_is_uploaded_with_hash_and_finish_time(
     assert found.hash == hash_file(local)
     assert found.finished_at is not None
     assert abs(found.finished_at - local.stat().st_mtime) < 1.0
-    assert (local.parent / f"{job_id}.rlog.uploaded").read_text().strip() == hash_file(local)
+    # the vault notes the upload once the store has confirmed it: a moment after it is there
+    marker = local.parent / f"{job_id}.rlog.uploaded"
+    wait_for(marker.exists, EVENT_SECONDS, f"{marker.name}, the vault's note of the upload")
+    assert marker.read_text().strip() == hash_file(local)
 
 
 def test_plaintext_never_reaches_the_store_but_logs_shows_it(
@@ -135,7 +156,7 @@ def test_plaintext_never_reaches_the_store_but_logs_shows_it(
     fleet.start_daemon("edge-1", extra=storage_toml(storage_config))
     job_id, out = run_job(fleet, "edge-1", f"echo {marker}")
     assert marker.encode() in out
-    wait_for(lambda: uploaded(storage_config, fleet.user, "edge-1", job_id), 15, "the upload")
+    wait_uploaded(storage_config, fleet.user, "edge-1", job_id, EVENT_SECONDS)
     for body in all_objects(storage_config, fleet.user):
         assert marker.encode() not in body
     fleet.config_file("laptop", role="client", extra=storage_toml(storage_config))
@@ -166,8 +187,8 @@ def test_backlog_survives_a_restart_while_the_store_is_down(
     assert not any((vault / f"{j}.rlog.uploaded").exists() for j in ids)
     private_s3_server.start()
     proc.start()
-    for job_id in ids:
-        wait_for(partial(uploaded, cfg, fleet.user, "edge-1", job_id), 30, f"upload of {job_id}")
+    for job_id in ids:  # the first one waits for the daemon process to start, too
+        wait_uploaded(cfg, fleet.user, "edge-1", job_id, STARTUP_SECONDS)
 
 
 def test_store_down_for_a_while_then_back_loses_nothing(
@@ -177,13 +198,21 @@ def test_store_down_for_a_while_then_back_loses_nothing(
     cfg = make_storage_config(private_s3_server.endpoint, fleet.root, timeout=2.0)
     fleet.start_daemon("edge-1", extra=storage_toml(cfg))
     first, _ = run_job(fleet, "edge-1", "echo before")
-    wait_for(lambda: uploaded(cfg, fleet.user, "edge-1", first), 15, "the first upload")
+    wait_uploaded(cfg, fleet.user, "edge-1", first, EVENT_SECONDS)
+    failed_before = failed_uploads()
     with private_s3_server.down():
         during = [run_job(fleet, "edge-1", f"echo during-{n}")[0] for n in range(4)]
-        time.sleep(1.0)  # let uploads fail against the stopped store
+        # the store comes back only once uploads have failed against it, as many as there are
+        # logs waiting (the vault tries a new log before it retries an old one)
+        wait_for(
+            lambda: failed_uploads() - failed_before >= len(during),
+            EVENT_SECONDS,
+            f"{len(during)} uploads to fail against the stopped store",
+            seen=lambda: f"{failed_uploads() - failed_before:.0f} failed uploads",
+        )
     vault = fleet.root / "edge-1" / "vault"
-    for job_id in during:
-        wait_for(partial(uploaded, cfg, fleet.user, "edge-1", job_id), 60, f"upload of {job_id}")
+    for job_id in during:  # retried with backoff: a minute is only a bound
+        wait_uploaded(cfg, fleet.user, "edge-1", job_id, 60)
         found = remote(cfg, fleet.user, "edge-1", job_id)
         assert found is not None
         assert found.hash == hash_file(vault / f"{job_id}.rlog")
@@ -203,8 +232,9 @@ def test_running_job_is_checkpointed(fleet: Fleet, storage_config: StorageConfig
             await asyncio.to_thread(
                 wait_for,
                 lambda: remote(storage_config, fleet.user, "edge-1", job_id) is not None,
-                15,
+                EVENT_SECONDS,
                 "a checkpoint",
+                interval=0.1,
             )
             found = await asyncio.to_thread(remote, storage_config, fleet.user, "edge-1", job_id)
             assert found is not None
@@ -214,7 +244,7 @@ def test_running_job_is_checkpointed(fleet: Fleet, storage_config: StorageConfig
             return job_id
 
     job_id = run(scenario())
-    wait_for(lambda: uploaded(storage_config, fleet.user, "edge-1", job_id), 15, "the final upload")
+    wait_uploaded(storage_config, fleet.user, "edge-1", job_id, EVENT_SECONDS)
 
 
 def test_retention_evicts_only_uploaded_logs_oldest_first(
@@ -226,11 +256,18 @@ def test_retention_evicts_only_uploaded_logs_oldest_first(
     vault = fleet.root / "edge-1" / "vault"
     uploaded_ids = [run_job(fleet, "edge-1", f"echo kept-remotely-{n}")[0] for n in range(3)]
     for job_id in uploaded_ids:
-        wait_for(partial(_gone, vault / f"{job_id}.rlog"), 15, f"eviction of {job_id}")
+        wait_for(partial(_gone, vault / f"{job_id}.rlog"), EVENT_SECONDS, f"eviction of {job_id}")
         assert uploaded(cfg, fleet.user, "edge-1", job_id)
+    failed_before = failed_uploads()
     with private_s3_server.down():
         stuck, _ = run_job(fleet, "edge-1", "echo not-uploaded")
-        time.sleep(0.5)
+        # the vault has dealt with the finished log (its upload tried, and failed: the only
+        # log waiting) before we look
+        wait_for(
+            lambda: failed_uploads() > failed_before,
+            EVENT_SECONDS,
+            f"the upload of {stuck} to fail against the stopped store",
+        )
         assert (vault / f"{stuck}.rlog").exists()  # over max_bytes, but never uploaded: kept
 
 

@@ -10,7 +10,7 @@ from runlet.client.session import Client
 from runlet.protocol.addresses import new_job_id
 from runlet.protocol.messages import JobStateChanged
 from runlet.protocol.payloads import Control, JobSpec
-from tests.support import Fleet, follow_to_end, run, wait_state
+from tests.support import STARTUP_SECONDS, Fleet, Follower, follow_to_end, run, wait_state
 
 
 def _overlap(events: list[tuple[str, int]]) -> int:
@@ -28,18 +28,22 @@ def test_max_parallel_two_holds_six_jobs_in_fifo_order(fleet: Fleet, tmp_path: P
 
     async def scenario() -> None:
         async with Client(fleet.client_config(), fleet.key) as client:
-            ids = []
+            jobs = []
             for n in range(6):
                 job_id = new_job_id()
-                ids.append((job_id, await client.watch(job_id)))
-                # staggered lengths free one slot at a time, so start order is observable
-                cmd = (
-                    f"echo start {n} >> {trace}; sleep {0.3 + 0.4 * n:.1f}; echo end {n} >> {trace}"
-                )
+                jobs.append(Follower(client, await client.watch(job_id), job_id))
+                # each job ends when the test types a line into it, so the test frees one slot
+                # at a time whatever the machine's speed, and the start order is observable
+                cmd = f"echo start {n} >> {trace}; echo started; read x; echo end {n} >> {trace}"
                 await client.submit(JobSpec((cmd,)), "node:edge-1", job_id=job_id)
-            for job_id, watch in ids:
-                _, final = await follow_to_end(client, watch, job_id)
+            for job in jobs[:2]:
+                await job.output(b"started")  # its start is in the trace
+            for n, job in enumerate(jobs):
+                await client.send_input(job.job_id, b"go\r", confirm=True)
+                _, final = await job.to_end()
                 assert final.state == "exited"
+                if n + 2 < len(jobs):  # the slot it freed goes to the next job in line
+                    await jobs[n + 2].output(b"started")
 
     run(scenario())
     events = [
@@ -67,13 +71,14 @@ def test_cancel_escalates_to_sigkill_when_sigterm_is_ignored(fleet: Fleet) -> No
             await client.submit(
                 JobSpec(("echo up; while :; do sleep 0.05; done",)), "node:edge-1", job_id=polite
             )
-            await wait_state(w1, stubborn, "running")
-            await wait_state(w2, polite, "running")
-            await asyncio.sleep(0.3)  # let the traps install
+            f1, f2 = Follower(client, w1, stubborn), Follower(client, w2, polite)
+            # "up" is printed once the trap is installed (the stubborn job sets it first)
+            await f1.output(b"up")
+            await f2.output(b"up")
             await client.control(stubborn, Control("cancel"), confirm=True)
             await client.control(polite, Control("cancel"), confirm=True)
-            _, hard = await follow_to_end(client, w1, stubborn)
-            _, soft = await follow_to_end(client, w2, polite)
+            _, hard = await f1.to_end()
+            _, soft = await f2.to_end()
             assert (hard.state, hard.detail, hard.signal) == (
                 "cancelled",
                 "ended by SIGKILL",
@@ -97,7 +102,8 @@ def test_cancel_of_a_queued_job_never_runs_it(fleet: Fleet, tmp_path: Path) -> N
         async with Client(fleet.client_config(), fleet.key) as client:
             blocker, waiting = new_job_id(), new_job_id()
             wb, ww = await client.watch(blocker), await client.watch(waiting)
-            await client.submit(JobSpec(("sleep 30",)), "node:edge-1", job_id=blocker)
+            # it holds the only slot until cancelled, however long the test takes to get there
+            await client.submit(JobSpec(("sleep 600",)), "node:edge-1", job_id=blocker)
             await wait_state(wb, blocker, "running")
             await client.submit(JobSpec((f"touch {marker}",)), "node:edge-1", job_id=waiting)
             await wait_state(ww, waiting, "queued")
@@ -122,7 +128,10 @@ def test_killed_daemon_resumes_queued_and_reports_running_interrupted(
         async with Client(fleet.client_config(), fleet.key) as client:
             running = new_job_id()
             watch = await client.watch(running)
-            await client.submit(JobSpec(("echo working; sleep 60",)), "node:edge-1", job_id=running)
+            # still running at the kill however slow the machine (the hangup ends it then)
+            await client.submit(
+                JobSpec(("echo working; sleep 600",)), "node:edge-1", job_id=running
+            )
             await wait_state(watch, running, "running")
             queued = []
             for n in range(3):
@@ -143,15 +152,18 @@ def test_killed_daemon_resumes_queued_and_reports_running_interrupted(
         async with Client(fleet.client_config("viewer"), fleet.key) as client:
             watches = {job_id: await client.watch(job_id) for job_id in [running, *queued]}
             await asyncio.to_thread(proc.start)
-            event = await wait_state(watches[running], running, "interrupted", timeout=30)
+            # the first event after the restart waits for a whole daemon process to start
+            event = await wait_state(
+                watches[running], running, "interrupted", timeout=STARTUP_SECONDS
+            )
             assert event.node == "edge-1"
             for job_id in queued:
-                await wait_state(watches[job_id], job_id, "exited", timeout=30)
+                await wait_state(watches[job_id], job_id, "exited")
             # the interrupted job's log was finalised: a replay ends with FINAL
             await client.request_replay(running, watches[running])
             out, final = await follow_to_end(client, watches[running], running)
             assert b"working" in out
             assert isinstance(final, JobStateChanged)
 
-    run(after())
+    run(after(), STARTUP_SECONDS + 60)
     assert trace.read_text().split() == ["0", "1", "2"]

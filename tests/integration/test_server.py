@@ -23,7 +23,15 @@ from runlet.protocol.addresses import new_job_id
 from runlet.protocol.messages import Query
 from runlet.protocol.payloads import JobSpec
 from runlet.roots.server import Server
-from tests.support import Fleet, follow_to_end, run, wait_for, wait_state
+from tests.support import (
+    EVENT_SECONDS,
+    STARTUP_SECONDS,
+    Fleet,
+    follow_to_end,
+    run,
+    wait_for,
+    wait_state,
+)
 
 DSN = os.environ.get("RUNLET_TEST_DATABASE", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -106,19 +114,30 @@ def ask(fleet: Fleet, query: Query) -> list[dict[str, Any]]:
 
 
 def answer_eventually(
-    fleet: Fleet, query: Query, check: Callable[[list[dict[str, Any]]], bool], timeout: float = 20
+    fleet: Fleet,
+    query: Query,
+    check: Callable[[list[dict[str, Any]]], bool],
+    timeout: float = EVENT_SECONDS,
 ) -> list[dict[str, Any]]:
+    """Ask until the answer passes `check`; on timeout, say what the last answer was."""
     found: list[list[dict[str, Any]]] = []
+    errors: list[str] = []
 
     def ok() -> bool:
         try:
             rows = ask(fleet, query)
-        except Exception:
+        except Exception as exc:  # the server may not be up yet: ask again
+            errors.append(repr(exc))
             return False
         found.append(rows)
         return bool(check(rows))
 
-    wait_for(ok, timeout, f"the server to answer {query.kind} as expected")
+    def last() -> str:
+        if found:
+            return f"the last answer {found[-1]}"
+        return f"no answer, the last error {errors[-1] if errors else None}"
+
+    wait_for(ok, timeout, f"the server to answer {query.kind} as expected", seen=last, interval=0.1)
     return found[-1]
 
 
@@ -185,17 +204,20 @@ def test_server_down_devices_keep_working_and_states_are_recorded_later(
 
 def test_silent_node_jobs_become_lost_then_are_corrected(fleet: Fleet, schema: str) -> None:
     """kill -9 a daemon mid-job: the ledger marks it lost; the daemon comes back: interrupted."""
-    under_test = ServerUnderTest(fleet, schema, presence_timeout=2.0)
+    # heartbeats every 0.5 s against a 5 s timeout: a live node is never taken for a silent
+    # one, however busy the machine (with the default 10 s between heartbeats, a 2 s timeout
+    # marked the job lost before the kill, a couple of seconds after each heartbeat)
+    under_test = ServerUnderTest(fleet, schema, presence_timeout=5.0)
     under_test.start()
-    extra = ""
-    proc = fleet.start_process("edge-1", extra=extra)
+    proc = fleet.start_process("edge-1", presence=0.5)
     try:
 
         async def start_long_job() -> str:
             async with Client(fleet.client_config(), fleet.key) as client:
                 job_id = new_job_id()
                 watch = await client.watch(job_id)
-                await client.submit(JobSpec(("sleep 60",)), "node:edge-1", job_id=job_id)
+                # still running at the kill however slow the machine (the hangup ends it then)
+                await client.submit(JobSpec(("sleep 600",)), "node:edge-1", job_id=job_id)
                 await wait_state(watch, job_id, "running")
                 return job_id
 
@@ -205,12 +227,15 @@ def test_silent_node_jobs_become_lost_then_are_corrected(fleet: Fleet, schema: s
         )
         proc.kill(signal.SIGKILL)
         lost = answer_eventually(
-            fleet, Query("job", job_id=job_id), lambda r: r[0]["job"]["state"] == "lost", 30
+            fleet, Query("job", job_id=job_id), lambda r: r[0]["job"]["state"] == "lost"
         )[0]
         assert lost["history"][-1]["state"] == "lost"
         proc.start()
         fixed = answer_eventually(
-            fleet, Query("job", job_id=job_id), lambda r: r[0]["job"]["state"] == "interrupted", 30
+            fleet,
+            Query("job", job_id=job_id),
+            lambda r: r[0]["job"]["state"] == "interrupted",
+            STARTUP_SECONDS,  # a whole daemon process starts first
         )[0]
         assert [h["state"] for h in fixed["history"]][-1] == "interrupted"
     finally:
@@ -300,19 +325,31 @@ def test_metrics_of_daemon_and_server_move(fleet: Fleet, server: ServerUnderTest
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
-    before_daemon = value(daemon_metrics(), 'runlet_jobs_total{state="exited"}')
-    before_server = value(server.metrics(), 'runlet_ledger_events_total{result="recorded"}')
+    exited, recorded = (
+        'runlet_jobs_total{state="exited"}',
+        'runlet_ledger_events_total{result="recorded"}',
+    )
+    before_daemon = value(daemon_metrics(), exited)
+    before_server = value(server.metrics(), recorded)
     run_job(fleet, "echo metrics; printf typed-")
     wait_for(
-        lambda: (
-            value(server.metrics(), 'runlet_ledger_events_total{result="recorded"}')
-            >= before_server + 3
-        ),
-        20,
+        lambda: value(server.metrics(), recorded) >= before_server + 3,
+        EVENT_SECONDS,
         "the server's ledger counter",
+        seen=lambda: f"{value(server.metrics(), recorded)} recorded, {before_server} before",
+        interval=0.1,
+    )
+    # the count and the published end are two ways out of the daemon: the job's end seen by
+    # the client is no promise the count shows yet, so wait for it, then check it is one more
+    wait_for(
+        lambda: value(daemon_metrics(), exited) > before_daemon,
+        EVENT_SECONDS,
+        "the daemon's exited counter",
+        seen=lambda: f"{value(daemon_metrics(), exited)} exited, {before_daemon} before",
+        interval=0.1,
     )
     after = daemon_metrics()
-    assert value(after, 'runlet_jobs_total{state="exited"}') == before_daemon + 1
+    assert value(after, exited) == before_daemon + 1
     assert value(after, "runlet_output_bytes_total") > 0
     assert "runlet_dispatch_to_start_seconds_count" in after
     assert "runlet_nodes_online" in server.metrics()

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from runlet.client.session import Client
 from runlet.protocol.addresses import new_job_id
 from runlet.protocol.payloads import JobSpec
-from tests.support import Fleet, follow_to_end, run, wait_state
+from tests.support import Fleet, Follower, follow_to_end, run
 
 COUNT_JOB = "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line-$i; done; read x; echo bye-$x"
 
@@ -26,16 +24,18 @@ def test_late_joiner_gets_everything_once_in_order(fleet: Fleet) -> None:
             Client(fleet.client_config("b"), fleet.key) as late,
         ):
             job_id = new_job_id()
-            w1 = await starter.watch(job_id)
+            starter_view = Follower(starter, await starter.watch(job_id), job_id)
             await starter.submit(JobSpec((COUNT_JOB,)), "node:edge-1", job_id=job_id)
-            await wait_state(w1, job_id, "running")
-            await asyncio.sleep(0.05)  # join while the output is flowing
+            await starter_view.output(b"line-1\r\n")  # join once the output is flowing
             w2 = await late.watch(job_id)
+            late_view = Follower(late, w2, job_id)
             await late.request_replay(job_id, w2)
-            await asyncio.sleep(0.5)
+            # the replay has caught up with the job (it waits for a line now): what comes
+            # after the line is typed reaches the late joiner live
+            await late_view.output(b"line-3000\r\n")
             await late.send_input(job_id, b"ok\r", confirm=True)
-            first, f1 = await follow_to_end(starter, w1, job_id)
-            second, f2 = await follow_to_end(late, w2, job_id)
+            first, f1 = await starter_view.to_end()
+            second, f2 = await late_view.to_end()
             expected = [f"line-{i}" for i in range(1, 3001)]
             assert _lines(first) == expected
             assert _lines(second) == expected
@@ -57,15 +57,14 @@ def test_three_viewers_type_in_turn_and_all_see_everything(fleet: Fleet) -> None
             await client.__aenter__()
         try:
             job_id = new_job_id()
-            watches = [await c.watch(job_id) for c in clients]
+            views = [Follower(c, await c.watch(job_id), job_id) for c in clients]
             await clients[0].submit(JobSpec((job,)), "node:edge-1", job_id=job_id)
-            await wait_state(watches[0], job_id, "running")
-            for n, client in enumerate(clients):
+            await views[0].reached("running")
+            for n, (client, view) in enumerate(zip(clients, views, strict=True)):
                 await client.send_input(job_id, f"from-v{n}\r".encode(), confirm=True)
-                await asyncio.sleep(0.2)
-            results = [
-                await follow_to_end(c, w, job_id) for c, w in zip(clients, watches, strict=True)
-            ]
+                # the job has read this viewer's line before the next one types
+                await view.output(f"answer {n + 1}: from-v{n}".encode())
+            results = [await view.to_end() for view in views]
             for out, final in results:
                 text = out.decode()
                 assert (
