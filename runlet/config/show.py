@@ -1,20 +1,38 @@
-"""The schema shown to people: the key list of ``runlet config-keys`` and ``--help``.
+"""The schema shown to people: ``runlet config-keys`` and ``runlet check-config --json``.
 
-It is read from the fields of `runlet.config.schema`, so a key added, dropped or
-re-documented there shows up here with nothing else to change.
+Both are read from the fields of `runlet.config.schema`, so a key added, dropped or
+re-documented there changes each of them. Values that may hold a login are shown only
+through the caller's mask (this package never imports the adapters that know how to mask a
+URL).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
-from runlet.config.schema import all_keys
+from runlet.config.schema import SECTIONS, TOP_KEYS, Config, all_keys
 from runlet.config.setting import Key
 
 
 def describe_keys() -> list[tuple[str, str, str]]:
     """Every key as (dotted key, type and default, one-line meaning), for --help and docs."""
     return [(key.dotted, _kind(key), key.setting.meaning) for key in all_keys()]
+
+
+def as_dict(config: Config, *, mask: Callable[[str], str]) -> dict[str, Any]:
+    """Every key of `config` as JSON-ready values, by section; an absent section is None.
+
+    `mask` is applied to each value (each item of a list) whose setting is marked masked,
+    such as the broker URLs, which may hold a password.
+    """
+    shown = _values(config, TOP_KEYS, mask)
+    for name, section in SECTIONS.items():
+        value = getattr(config, name)
+        shown[name] = None if value is None else _values(value, section.keys, mask)
+    return shown
 
 
 def _kind(key: Key) -> str:
@@ -35,3 +53,20 @@ def _literal(value: object) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(_literal(item) for item in value) + "]"
     return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def _values(obj: object, keys: Mapping[str, Key], mask: Callable[[str], str]) -> dict[str, Any]:
+    return {
+        name: _plain(getattr(obj, name), mask if key.setting.masked else None)
+        for name, key in keys.items()
+    }
+
+
+def _plain(value: object, mask: Callable[[str], str] | None) -> object:
+    if isinstance(value, tuple):
+        return [_plain(item, mask) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, str) and mask is not None:
+        return mask(value)
+    return value

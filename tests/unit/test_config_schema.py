@@ -1,9 +1,10 @@
-"""The config schema as the one source: each field's setting is the check the loader applies,
-and hostile values fail key by key."""
+"""The config schema as the one source: the fields' settings drive the loader's checks and
+`runlet check-config --json`; hostile values fail key by key."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import tomllib
@@ -12,13 +13,22 @@ from typing import ClassVar
 
 import pytest
 
+from runlet.cli import main
 from runlet.config import Config, parse_config
 from runlet.config.checks import Invalid, Shape
 from runlet.config.schema import SECTIONS, all_keys
 from runlet.config.setting import Key, Setting, keys_of, schema, sections_of, setting
 from runlet.errors import ConfigError
 
+HIDDEN = "s3cr3t-pa55"
 MINIMAL = 'role = "daemon"\nuser = "demo"\n\n[crypto]\nkey_file = "keys/node.key"\n'
+# Every optional section on, so that every key has a value to show.
+EVERY_SECTION = (
+    MINIMAL
+    + '[storage]\nbucket = "logs"\n[server]\n'
+    + f'database_url = "postgresql://ledger:{HIDDEN}@db.example.net:5432/runlet"\n'
+    + '[metrics]\nlisten = "127.0.0.1:9100"\n'
+)
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +65,7 @@ def error_key(text: str) -> str:
     return info.value.key
 
 
-# --- one source ----------------------------------------------------------------------------
+# --- one source, every output --------------------------------------------------------------
 
 
 def test_every_key_is_a_field_with_a_setting() -> None:
@@ -93,6 +103,44 @@ def test_loader_applies_each_fields_own_check(key: Key, literal: str) -> None:
     where = key.dotted if direct.value.index is None else f"{key.dotted}[{direct.value.index}]"
     assert (info.value.key, info.value.problem) == (where, direct.value.problem)
     assert "must be" in info.value.problem
+
+
+def test_check_config_json_shows_every_section_with_logins_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json has every key of every section present; broker and database passwords are masked."""
+    path = tmp_path / "runlet.toml"
+    path.write_text(
+        EVERY_SECTION.replace(
+            "[storage]", f'[broker]\nurls = ["amqp://bob:{HIDDEN}@mq:5672/"]\n[storage]'
+        ),
+        encoding="utf-8",
+    )
+    assert main(["check-config", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert HIDDEN not in out
+    shown = json.loads(out)
+    assert shown["broker"]["urls"] == ["amqp://bob:***@mq:5672/"]
+    assert shown["server"]["database_url"] == "postgresql://ledger:***@db.example.net:5432/runlet"
+    assert shown["storage"]["bucket"] == "logs"
+    assert shown["storage"]["endpoint_url"] is None
+    assert shown["metrics"] == {"listen": "127.0.0.1:9100"}
+    assert shown["vault"] == {"max_bytes": 0}
+    assert shown["broker"]["presence_seconds"] == 10.0
+    assert shown["crypto"]["key_file"] == str(tmp_path / "keys" / "node.key")
+
+
+def test_check_config_json_absent_sections_are_null(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Sections that are off print as null; the always-present ones print their defaults."""
+    path = tmp_path / "runlet.toml"
+    path.write_text(MINIMAL, encoding="utf-8")
+    assert main(["check-config", "--json", str(path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["storage"], shown["server"], shown["metrics"]) == (None, None, None)
+    assert shown["jobs"]["max_load"] is None
+    assert shown["tags"] == []
 
 
 # --- the machinery -------------------------------------------------------------------------
