@@ -24,8 +24,8 @@ required keys must be set too.
 
 The modules: `schema` (the dataclasses; each field carries its check, default and meaning),
 `setting` (how a field does that, and how the fields are read back), `checks` (the value
-checks), `load` (file, environment, building), `show` (the key list and the JSON view, both
-read from the schema).
+checks), `load` (file, environment, building), `show` (the key list, README's table and the
+JSON view, all read from the schema).
 """
 
 from runlet.config.load import (
@@ -49,7 +49,7 @@ from runlet.config.schema import (
     StorageConfig,
     VaultConfig,
 )
-from runlet.config.show import as_dict, describe_keys
+from runlet.config.show import as_dict, describe_keys, markdown_table
 
 __all__ = [
     "CONFIG_ENV",
@@ -69,6 +69,7 @@ __all__ = [
     "as_dict",
     "describe_keys",
     "load_config",
+    "markdown_table",
     "parse_config",
     "resolve_config_path",
 ]

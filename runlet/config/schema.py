@@ -1,10 +1,10 @@
 """The config's schema: one frozen class per section, every key a field that documents itself.
 
 Each key is declared once, as a `setting` field: its check, its default, its meaning. The
-loader's known keys (`TOP_KEYS`, `SECTIONS`) and ``runlet config-keys`` are read from these
-fields; there is no other list of keys. A `Config` field whose type is one of the section
-classes is a section, and one that may be None is an optional section (absent: the feature
-is off).
+loader's known keys (`TOP_KEYS`, `SECTIONS`), ``runlet config-keys``, README's configuration
+table and ``runlet check-config --json`` are all read from these fields; there is no other
+list of keys. A `Config` field whose type is one of the section classes is a section, and
+one that may be None is an optional section (absent: the feature is off).
 
 This module must never hold key material: secrets are referenced by path.
 """

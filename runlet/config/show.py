@@ -1,9 +1,9 @@
-"""The schema shown to people: ``runlet config-keys`` and ``runlet check-config --json``.
+"""The schema shown to people: ``runlet config-keys``, README's table, ``check-config --json``.
 
-Both are read from the fields of `runlet.config.schema`, so a key added, dropped or
-re-documented there changes each of them. Values that may hold a login are shown only
-through the caller's mask (this package never imports the adapters that know how to mask a
-URL).
+All three are read from the fields of `runlet.config.schema`, so a key added, dropped or
+re-documented there changes each of them, and a test keeps README's copy of the table equal
+to `markdown_table`. Values that may hold a login are shown only through the caller's mask
+(this package never imports the adapters that know how to mask a URL).
 """
 
 from __future__ import annotations
@@ -16,10 +16,22 @@ from typing import Any
 from runlet.config.schema import SECTIONS, TOP_KEYS, Config, all_keys
 from runlet.config.setting import Key
 
+TABLE_HEADER = "| key | type and default | meaning |"
+
 
 def describe_keys() -> list[tuple[str, str, str]]:
     """Every key as (dotted key, type and default, one-line meaning), for --help and docs."""
     return [(key.dotted, _kind(key), key.setting.meaning) for key in all_keys()]
+
+
+def markdown_table() -> str:
+    """`describe_keys` as the Markdown table README.md shows under "Configuration"."""
+    lines = [TABLE_HEADER, "|---|---|---|"]
+    lines += [
+        f"| `{dotted}` | {_cell(kind)} | {_cell(meaning)} |"
+        for dotted, kind, meaning in describe_keys()
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def as_dict(config: Config, *, mask: Callable[[str], str]) -> dict[str, Any]:
@@ -53,6 +65,10 @@ def _literal(value: object) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(_literal(item) for item in value) + "]"
     return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a bare | would end the table cell
 
 
 def _values(obj: object, keys: Mapping[str, Key], mask: Callable[[str], str]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The config schema as the one source: the fields' settings drive the loader's checks and
-`runlet check-config --json`; hostile values fail key by key."""
+"""The config schema as the one source: the fields' settings drive the loader's checks,
+`runlet config-keys`, README's configuration table and `runlet check-config --json`."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from typing import ClassVar
 import pytest
 
 from runlet.cli import main
-from runlet.config import Config, parse_config
+from runlet.config import Config, describe_keys, markdown_table, parse_config
 from runlet.config.checks import Invalid, Shape
 from runlet.config.schema import SECTIONS, all_keys
 from runlet.config.setting import Key, Setting, keys_of, schema, sections_of, setting
 from runlet.errors import ConfigError
 
+ROOT = Path(__file__).resolve().parents[2]
 HIDDEN = "s3cr3t-pa55"
 MINIMAL = 'role = "daemon"\nuser = "demo"\n\n[crypto]\nkey_file = "keys/node.key"\n'
 # Every optional section on, so that every key has a value to show.
@@ -65,6 +66,27 @@ def error_key(text: str) -> str:
     return info.value.key
 
 
+def flatten(shown: dict[str, object]) -> dict[str, object]:
+    """`check-config --json` output as dotted keys (an absent section gives no keys)."""
+    flat: dict[str, object] = {}
+    for name, value in shown.items():
+        if name in SECTIONS:
+            if isinstance(value, dict):
+                flat.update({f"{name}.{key}": item for key, item in value.items()})
+        else:
+            flat[name] = value
+    return flat
+
+
+def readme_table() -> list[str]:
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index(markdown_table().splitlines()[0])
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return lines[start:end]
+
+
 # --- one source, every output --------------------------------------------------------------
 
 
@@ -75,6 +97,43 @@ def test_every_key_is_a_field_with_a_setting() -> None:
     assert all(key.setting is fields[key.dotted] for key in all_keys())
     assert len(fields) >= 30
     assert "source" not in fields
+
+
+def test_one_source_drives_every_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """config-keys, README's table and check-config --json show the same keys, and the first
+    two the same type, default and meaning, all read off the fields."""
+    fields = settings_by_field()
+    rows = describe_keys()
+    assert [dotted for dotted, _, _ in rows] == list(fields)
+    assert all(meaning == fields[dotted].meaning for dotted, _, meaning in rows)
+    assert all(kind.startswith(fields[dotted].check.doc + "; ") for dotted, kind, _ in rows)
+
+    assert main(["config-keys"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [f"{dotted:24} {kind:32} {meaning}" for dotted, kind, meaning in rows]
+
+    table = markdown_table().splitlines()
+    assert len(table) == 2 + len(rows)
+    for line, (dotted, kind, meaning) in zip(table[2:], rows, strict=True):
+        cells = line.replace("\\|", "\x00").strip("|").split("|")
+        shown = [cell.strip().replace("\x00", "|") for cell in cells]
+        assert shown == [f"`{dotted}`", kind, meaning]
+
+    path = tmp_path / "runlet.toml"
+    path.write_text(EVERY_SECTION, encoding="utf-8")
+    assert main(["check-config", "--json", str(path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown.pop("source") == str(path)
+    assert list(flatten(shown)) == list(fields)
+
+
+def test_readme_table_is_the_generated_one() -> None:
+    """README's configuration table is markdown_table() to the letter.
+
+    To regenerate it, replace the table with the output of
+    `python -c "import runlet.config as c; print(c.markdown_table(), end='')"`.
+    """
+    assert readme_table() == markdown_table().splitlines()
 
 
 def render(values: dict[str, str]) -> str:
