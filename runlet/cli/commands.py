@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from runlet.config import Config, describe_keys, load_config
+from runlet.config import Config, as_dict, describe_keys, load_config
 from runlet.errors import EXIT_NOHOST, ConfigError, UsageError
 
 
@@ -297,27 +297,7 @@ def cmd_config_keys(args: argparse.Namespace) -> int:
 
 
 def _config_dict(config: Config) -> dict[str, Any]:
+    """Every key of every section, read from the schema; broker and database URLs masked."""
     from runlet.adapters.broker_port import safe_url
 
-    return {
-        "role": config.role,
-        "user": config.user,
-        "node": config.node,
-        "data_dir": str(config.data_dir),
-        "tags": list(config.tags),
-        "broker": {
-            "urls": [safe_url(u) for u in config.broker.urls],
-            "heartbeat": config.broker.heartbeat,
-            "publish_timeout": config.broker.publish_timeout,
-            "prefetch": config.broker.prefetch,
-        },
-        "jobs": {
-            "max_parallel": config.jobs.max_parallel,
-            "shell": config.jobs.shell,
-            "grace_seconds": config.jobs.grace_seconds,
-            "max_load": config.jobs.max_load,
-        },
-        "crypto": None if config.crypto is None else {"key_file": str(config.crypto.key_file)},
-        "log": {"level": config.log.level, "format": config.log.format},
-        "source": config.source,
-    }
+    return {**as_dict(config, mask=safe_url), "source": config.source}

@@ -483,9 +483,10 @@ def test_invalid_toml(text: str) -> None:
     assert re.search(r"line \d+, column \d+", error.problem)
 
 
-def test_truncated_file_never_escapes_as_another_exception() -> None:
+@pytest.mark.parametrize("name", ["daemon.toml", "client.toml", "server.toml"])
+def test_truncated_file_never_escapes_as_another_exception(name: str) -> None:
     """Every prefix of a valid file either loads or raises ConfigError."""
-    text = (EXAMPLES / "daemon.toml").read_text()
+    text = (EXAMPLES / name).read_text()
     outcomes = set()
     for end in range(len(text)):
         try:
