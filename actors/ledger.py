@@ -46,7 +46,7 @@ class Ledger(Actor):
         super().__init__(ctx, name)
         self.settings = ctx.settings
         self.server = ctx.settings.server
-        self.db: Any = None  # runlet.adapters.ledger_db.Ledger once connected
+        self.db: Any = None  # runlet.adapters.ledger_db.LedgerDb once connected
         self.brokers: dict[str, Broker] = {}
         self.task: concurrent.futures.Future[None] | None = None
 
@@ -98,7 +98,7 @@ class Ledger(Actor):
             await asyncio.sleep(SWEEP_SECONDS)
 
     def _dsn(self) -> str:
-        from runlet.adapters.ledger_db import server_dsn
+        from runlet.adapters.ledger_dsn import server_dsn
 
         return server_dsn(self.server.database_url, self.server.database_password_file)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runlet.adapters.ledger_db import load_migrations
+from runlet.adapters.ledger_migrations import load_migrations
 from runlet.errors import MigrationError
 
 ROOT = Path(__file__).resolve().parents[2]
