@@ -25,6 +25,7 @@ from runlet.adapters.ledger_port import NodeRow, StateRow
 from runlet.errors import ClosedError, DatabaseUnavailable, MigrationError, ProtocolError
 from runlet.protocol.messages import JobStateChanged, NodeHeartbeat, StartJob
 from runlet.protocol.states import STATES
+from tests.ledger_contract import SCENARIOS, Scenario, scenario_id
 from tests.support import run
 
 DSN = os.environ.get("RUNLET_TEST_DATABASE", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -112,6 +113,20 @@ def beat(node: str, *, running: int = 0, tags: tuple[str, ...] = ()) -> NodeHear
 
 async def record(ledger: LedgerDb, events: list[JobStateChanged], user: str = USER) -> list[bool]:
     return [await ledger.record_state(user, e) for e in events]
+
+
+# --- the contract the in-memory fake keeps too (tests/ledger_contract.py) -------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=scenario_id)
+def test_postgres_keeps_the_contract(schema: str, scenario: Scenario) -> None:
+    """Each scenario of the ledger contract passes on PostgreSQL, as it does on the fake."""
+
+    async def scenario_run() -> None:
+        async with migrated(schema) as ledger:
+            await scenario(ledger)
+
+    run(scenario_run())
 
 
 # --- migrations ---------------------------------------------------------------------------------
