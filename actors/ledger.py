@@ -6,9 +6,11 @@ heartbeats, short TTL) and `runlet.<user>.server.rpc` (queries). A state change 
 once PostgreSQL has it; if the database is down, deliveries go back to the queue and wait —
 devices keep working meanwhile. Recording is idempotent, so redeliveries change nothing.
 
-Every few seconds it looks for nodes whose heartbeat stopped: their running jobs become
-`lost` (a node that comes back and reports them corrects the ledger). It never sees a key, a
-command or output: it stores ids, names, states, times and codes.
+A state change or log location that cannot be decoded, is of another type, or came under the
+key of another job is dead-lettered and counted. Every few seconds it looks for nodes whose
+heartbeat stopped: their running jobs become `lost` (a node that comes back and reports them
+corrects the ledger). It never sees a key, a command or output: it stores ids, names, states,
+times and codes.
 
 Its seams, in `ctx.services`: `ledger_db_factory` (default `runlet.adapters.ledger_db.connect`;
 a test passes a `runlet.testing.ledger_db.MemoryLedgerDb`'s `connect`), `broker_factory`
@@ -271,8 +273,19 @@ class Ledger(Actor):
 
 
 def _ledger_event(incoming: Incoming) -> JobStateChanged | LogStored:
-    """The state change or log location a delivery holds; ProtocolError if it holds neither."""
+    """The state change or log location a delivery holds, under its own job's key.
+
+    ProtocolError if it cannot be decoded, is of another type, or came under another key.
+    """
     event: object = wire.decode(incoming.body)
-    if not isinstance(event, JobStateChanged | LogStored):
+    if isinstance(event, JobStateChanged):
+        expected = addresses.state_key(event.job_id)
+    elif isinstance(event, LogStored):
+        expected = addresses.log_key(event.job_id)
+    else:
         raise ProtocolError(f"{type(event).__name__} does not belong on the ledger queue")
+    if incoming.routing_key != expected:
+        raise ProtocolError(
+            f"{type(event).__name__} of job {event.job_id} came as {incoming.routing_key[:120]!r}"
+        )
     return event
