@@ -6,9 +6,16 @@ heartbeats, short TTL) and `runlet.<user>.server.rpc` (queries). A state change 
 once PostgreSQL has it; if the database is down, deliveries go back to the queue and wait —
 devices keep working meanwhile. Recording is idempotent, so redeliveries change nothing.
 
-Every few seconds it looks for nodes whose heartbeat stopped: their running jobs become
-`lost` (a node that comes back and reports them corrects the ledger). It never sees a key, a
-command or output: it stores ids, names, states, times and codes.
+A state change or log location that cannot be decoded, is of another type, or came under the
+key of another job is dead-lettered and counted. Every few seconds it looks for nodes whose
+heartbeat stopped: their running jobs become `lost` (a node that comes back and reports them
+corrects the ledger). It never sees a key, a command or output: it stores ids, names, states,
+times and codes.
+
+Its seams, in `ctx.services`: `ledger_db_factory` (default `runlet.adapters.ledger_db.connect`;
+a test passes a `runlet.testing.ledger_db.MemoryLedgerDb`'s `connect`), `broker_factory`
+(default `Broker`; a test passes one making `MemoryBroker`s) and `ledger_pace` (a `Pace`).
+Presence and silence are timed by `ctx.clock`.
 """
 
 from __future__ import annotations
@@ -16,12 +23,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from runlet import metrics
-from runlet.adapters.broker import Broker, Incoming, QueueSpec
-from runlet.errors import DatabaseUnavailable, ProtocolError, RunletError
+from runlet.adapters.broker import Broker
+from runlet.adapters.broker_port import BrokerPort, Incoming, QueueSpec
+from runlet.adapters.ledger_db import connect
+from runlet.adapters.ledger_dsn import server_dsn
+from runlet.adapters.ledger_port import LedgerDbPort
+from runlet.errors import ClosedError, DatabaseUnavailable, ProtocolError, RunletError
 from runlet.protocol import addresses, wire
 from runlet.protocol.messages import (
     JobStateChanged,
@@ -34,9 +45,16 @@ from runlet.runtime.actor import Actor, Context
 from runlet.runtime.local_messages import LoopTaskFailed
 from runlet.runtime.names import LEDGER
 
-SWEEP_SECONDS = 2.0
-USERS_SECONDS = 5.0
 PRESENCE_TTL_MS = 120_000
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How often the Ledger looks again, in seconds; a test passes a quicker one."""
+
+    sweep: float = 2.0  # between looks for silent nodes
+    users: float = 5.0  # between looks for new accounts
+    retry: float = 1.0  # before a delivery goes back to its queue, the database being down
 
 
 class Ledger(Actor):
@@ -46,8 +64,11 @@ class Ledger(Actor):
         super().__init__(ctx, name)
         self.settings = ctx.settings
         self.server = ctx.settings.server
-        self.db: Any = None  # runlet.adapters.ledger_db.Ledger once connected
-        self.brokers: dict[str, Broker] = {}
+        self.connect_db = ctx.services.get("ledger_db_factory", connect)
+        self.make_broker = ctx.services.get("broker_factory", Broker)
+        self.pace: Pace = ctx.services.get("ledger_pace", Pace())
+        self.db: LedgerDbPort | None = None  # once connected, on the loop
+        self.brokers: dict[str, BrokerPort] = {}
         self.task: concurrent.futures.Future[None] | None = None
 
     def started(self) -> None:
@@ -82,25 +103,26 @@ class Ledger(Actor):
 
     # -- on the loop -------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        from runlet.adapters.ledger_db import connect
+    @property
+    def store(self) -> LedgerDbPort:
+        """The connected ledger store (only the loop's coroutines use it, once it is)."""
+        if self.db is None:
+            raise ClosedError("the ledger database is not connected")
+        return self.db
 
-        self.db = await connect(self._dsn(), schema=self.server.database_schema, max_size=10)
-        applied = await self.db.migrate()
+    async def _run(self) -> None:
+        dsn = server_dsn(self.server.database_url, self.server.database_password_file)
+        self.db = await self.connect_db(dsn, schema=self.server.database_schema, max_size=10)
+        applied = await self.store.migrate()
         self.log.info("ledger_ready", migrations_applied=applied)
         next_users = 0.0
         while True:
             now = time.monotonic()
             if now >= next_users:
                 await self._attach_users()
-                next_users = now + USERS_SECONDS
+                next_users = now + self.pace.users
             await self._sweep()
-            await asyncio.sleep(SWEEP_SECONDS)
-
-    def _dsn(self) -> str:
-        from runlet.adapters.ledger_db import server_dsn
-
-        return server_dsn(self.server.database_url, self.server.database_password_file)
+            await asyncio.sleep(self.pace.sweep)
 
     async def _close(self) -> None:
         for broker in self.brokers.values():
@@ -110,12 +132,12 @@ class Ledger(Actor):
             await self.db.close()
 
     async def _attach_users(self) -> None:
-        for row in await self.db.users():
+        for row in await self.store.users():
             if row.name not in self.brokers:
                 await self._attach(row.name)
 
     async def _attach(self, user: str) -> None:
-        broker = Broker(
+        broker: BrokerPort = self.make_broker(
             self.settings.broker.urls,
             user,
             name=f"runlet-server-{user}",
@@ -140,16 +162,15 @@ class Ledger(Actor):
 
     async def _on_state(self, user: str, incoming: Incoming) -> None:
         try:
-            event = wire.decode(incoming.body)
+            event = _ledger_event(incoming)
             if isinstance(event, LogStored):
-                await self.db.set_log(user, event.job_id, event.key, event.hash)
-                await incoming.ack()
-                return
-            if not isinstance(event, JobStateChanged):
-                raise ProtocolError(f"{type(event).__name__} does not belong on the ledger queue")
+                await self.store.set_log(user, event.job_id, event.key, event.hash)
+            else:
+                fresh = await self.store.record_state(user, event)
+                metrics.LEDGER_EVENTS.labels(result="recorded" if fresh else "duplicate").inc()
         except DatabaseUnavailable as exc:
             self.log.warning("ledger_write_deferred", user=user, error=str(exc))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.pace.retry)
             await incoming.requeue()
             return
         except ProtocolError as exc:
@@ -158,25 +179,12 @@ class Ledger(Actor):
             self.log.warning("message_rejected", queue="ledger", user=user, detail=str(exc))
             await incoming.reject()
             return
-        try:
-            fresh = await self.db.record_state(user, event)
-        except ProtocolError as exc:
-            metrics.LEDGER_EVENTS.labels(result="rejected").inc()
-            self.log.warning("message_rejected", queue="ledger", user=user, detail=str(exc))
-            await incoming.reject()
-            return
-        except DatabaseUnavailable as exc:
-            self.log.warning("ledger_write_deferred", user=user, error=str(exc))
-            await asyncio.sleep(1.0)
-            await incoming.requeue()
-            return
-        metrics.LEDGER_EVENTS.labels(result="recorded" if fresh else "duplicate").inc()
         await incoming.ack()
 
     async def _on_presence(self, user: str, incoming: Incoming) -> None:
         try:
             beat = wire.decode_as(incoming.body, NodeHeartbeat)
-            await self.db.record_presence(user, beat)
+            await self.store.record_presence(user, beat, received_at=self.ctx.clock())
         except ProtocolError as exc:
             metrics.REJECTED.labels(queue="presence", reason="invalid").inc()
             self.log.warning("message_rejected", queue="presence", user=user, detail=str(exc))
@@ -184,14 +192,14 @@ class Ledger(Actor):
             self.log.warning("presence_not_recorded", user=user, error=str(exc))
         await incoming.ack()  # a heartbeat is only worth its freshness: never redelivered
 
-    async def _on_query(self, user: str, broker: Broker, incoming: Incoming) -> None:
+    async def _on_query(self, user: str, broker: BrokerPort, incoming: Incoming) -> None:
         try:
             await self._query(user, broker, incoming)
         except Exception as exc:
             self.log.exception("query_failed", user=user, error=repr(exc))
             raise
 
-    async def _query(self, user: str, broker: Broker, incoming: Incoming) -> None:
+    async def _query(self, user: str, broker: BrokerPort, incoming: Incoming) -> None:
         reply_to = incoming.reply_to
         self.log.debug("query_received", user=user, reply_to=reply_to)
         try:
@@ -218,20 +226,25 @@ class Ledger(Actor):
 
     async def _answer(self, user: str, query: Query) -> QueryAnswered:
         try:
-            rows: Any
-            if query.kind == "nodes":
-                rows = [asdict(row) for row in await self.db.nodes(user)]
-            elif query.kind == "job":
-                found = await self.db.job(user, query.job_id)
-                if found is None:
-                    return QueryAnswered(False, error=f"no job {query.job_id} in the ledger")
-                job, history = found
-                rows = [{"job": asdict(job), "history": [asdict(h) for h in history]}]
-            else:
-                jobs = await self.db.jobs(
-                    user, node=query.node, state=query.state, since=query.since, limit=query.limit
-                )
-                rows = [asdict(job) for job in jobs]
+            rows: list[dict[str, Any]]
+            match query:
+                case Query(kind="nodes"):
+                    rows = [asdict(row) for row in await self.store.nodes(user)]
+                case Query(kind="job", job_id=str() as job_id):
+                    found = await self.store.job(user, job_id)
+                    if found is None:
+                        return QueryAnswered(False, error=f"no job {job_id} in the ledger")
+                    job, history = found
+                    rows = [{"job": asdict(job), "history": [asdict(h) for h in history]}]
+                case _:
+                    jobs = await self.store.jobs(
+                        user,
+                        node=query.node,
+                        state=query.state,
+                        since=query.since,
+                        limit=query.limit,
+                    )
+                    rows = [asdict(job) for job in jobs]
         except DatabaseUnavailable as exc:
             return QueryAnswered(False, error=f"the ledger database is unavailable: {exc}")
         except ValueError as exc:
@@ -242,18 +255,37 @@ class Ledger(Actor):
         return QueryAnswered(True, rows=body)
 
     async def _sweep(self) -> None:
-        now = time.time()
+        now = self.ctx.clock()
         cutoff = now - self.server.presence_timeout
         try:
-            for user, node in await self.db.stale_nodes(cutoff):
-                lost = await self.db.mark_lost(
+            for user, node in await self.store.stale_nodes(cutoff):
+                lost = await self.store.mark_lost(
                     user, node, now, "its node stopped sending heartbeats", seen_before=cutoff
                 )
                 self.log.warning("node_silent", user=user, node=node, jobs_lost=len(lost))
-            for state, count in (await self.db.statistics()).items():
+            for state, count in (await self.store.statistics()).items():
                 metrics.LEDGER_JOBS.labels(state=state).set(count)
             for user in self.brokers:
-                online = sum(1 for n in await self.db.nodes(user) if n.online)
+                online = sum(1 for n in await self.store.nodes(user) if n.online)
                 metrics.NODES_ONLINE.labels(user=user).set(online)
         except DatabaseUnavailable as exc:
             self.log.warning("ledger_sweep_failed", error=str(exc))
+
+
+def _ledger_event(incoming: Incoming) -> JobStateChanged | LogStored:
+    """The state change or log location a delivery holds, under its own job's key.
+
+    ProtocolError if it cannot be decoded, is of another type, or came under another key.
+    """
+    event: object = wire.decode(incoming.body)
+    if isinstance(event, JobStateChanged):
+        expected = addresses.state_key(event.job_id)
+    elif isinstance(event, LogStored):
+        expected = addresses.log_key(event.job_id)
+    else:
+        raise ProtocolError(f"{type(event).__name__} does not belong on the ledger queue")
+    if incoming.routing_key != expected:
+        raise ProtocolError(
+            f"{type(event).__name__} of job {event.job_id} came as {incoming.routing_key[:120]!r}"
+        )
+    return event

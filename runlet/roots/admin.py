@@ -15,7 +15,7 @@ from runlet.config import Config, ServerConfig
 from runlet.protocol.addresses import valid_name
 
 if TYPE_CHECKING:
-    from runlet.adapters.ledger_db import Ledger
+    from runlet.adapters.ledger_db import LedgerDb
 from runlet.errors import ConfigError
 from runlet.files import read_password
 
@@ -38,8 +38,9 @@ def _server(config: Config) -> ServerConfig:
     return config.server
 
 
-async def _ledger(config: Config) -> Ledger:
-    from runlet.adapters.ledger_db import connect, server_dsn
+async def _ledger(config: Config) -> LedgerDb:
+    from runlet.adapters.ledger_db import connect
+    from runlet.adapters.ledger_dsn import server_dsn
 
     server = _server(config)
     dsn = server_dsn(server.database_url, server.database_password_file)

@@ -1,4 +1,4 @@
-"""The ledger (adapters.ledger_db) against PostgreSQL ($RUNLET_TEST_DATABASE, 127.0.0.1:5432).
+"""The ledger store (adapters.ledger_db) against PostgreSQL ($RUNLET_TEST_DATABASE, 127.0.0.1:5432).
 
 Every test works in its own schema `t_<uuid>`, dropped afterwards, so tests never see each
 other's rows. A missing PostgreSQL fails the test; nothing here skips, and nothing sleeps.
@@ -19,10 +19,13 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from runlet.adapters.ledger_db import Ledger, NodeRow, StateRow, connect, load_migrations
+from runlet.adapters.ledger_db import LedgerDb, connect
+from runlet.adapters.ledger_migrations import load_migrations
+from runlet.adapters.ledger_port import NodeRow, StateRow
 from runlet.errors import ClosedError, DatabaseUnavailable, MigrationError, ProtocolError
 from runlet.protocol.messages import JobStateChanged, NodeHeartbeat, StartJob
 from runlet.protocol.states import STATES
+from tests.ledger_contract import SCENARIOS, Scenario, scenario_id
 from tests.support import run
 
 DSN = os.environ.get("RUNLET_TEST_DATABASE", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -64,7 +67,7 @@ async def _drop(schema: str) -> None:
 
 
 @asynccontextmanager
-async def migrated(schema: str, **options: Any) -> AsyncIterator[Ledger]:
+async def migrated(schema: str, **options: Any) -> AsyncIterator[LedgerDb]:
     """A ledger on `schema`, migrated, closed afterwards."""
     ledger = await connect(DSN, schema=schema, **options)
     try:
@@ -108,8 +111,22 @@ def beat(node: str, *, running: int = 0, tags: tuple[str, ...] = ()) -> NodeHear
     return NodeHeartbeat(node, 1.0, "0.1.0", "linux-aarch64", tags, running=running, queued=2)
 
 
-async def record(ledger: Ledger, events: list[JobStateChanged], user: str = USER) -> list[bool]:
+async def record(ledger: LedgerDb, events: list[JobStateChanged], user: str = USER) -> list[bool]:
     return [await ledger.record_state(user, e) for e in events]
+
+
+# --- the contract the in-memory fake keeps too (tests/ledger_contract.py) -------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=scenario_id)
+def test_postgres_keeps_the_contract(schema: str, scenario: Scenario) -> None:
+    """Each scenario of the ledger contract passes on PostgreSQL, as it does on the fake."""
+
+    async def scenario_run() -> None:
+        async with migrated(schema) as ledger:
+            await scenario(ledger)
+
+    run(scenario_run())
 
 
 # --- migrations ---------------------------------------------------------------------------------

@@ -1,1 +1,1 @@
-"""The ledger's SQL migrations (NNNN_name.sql), shipped as package data; see ledger_db."""
+"""The ledger's SQL migrations (NNNN_name.sql), shipped as package data; see ledger_migrations."""
