@@ -191,7 +191,7 @@ def within(module: str, places: tuple[str, ...]) -> bool:
 
 def folder_of(module: str) -> str:
     """The layer a module belongs to (`runlet.client.session` → `runlet.client`)."""
-    for layer in (*LAYERS, "actors"):
+    for layer in (*LAYERS, "actors", "runlet.config"):  # config: a foundation package
         if within(module, (layer,)):
             return layer
     return module  # a foundation module, runlet.cli or runlet.__main__

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runlet.adapters.ledger_db import load_migrations
+from runlet.adapters.ledger_migrations import load_migrations
 from runlet.errors import MigrationError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,8 +37,8 @@ def test_migrations_are_declared_package_data() -> None:
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
         "setuptools"
     ]
-    include = setuptools["packages"]["find"]["include"]
-    assert any(fnmatch.fnmatchcase("runlet.adapters.migrations", pattern) for pattern in include)
+    found = setuptools["packages"]["find"]["include"]  # setuptools matches them as fnmatch
+    assert any(fnmatch.fnmatchcase("runlet.adapters.migrations", p) for p in found)
     assert "*.sql" in setuptools.get("package-data", {}).get("runlet.adapters.migrations", [])
 
 
