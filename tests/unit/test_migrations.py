@@ -7,6 +7,7 @@ numbered file, with its checksum added below.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import tomllib
 from importlib import resources
@@ -36,7 +37,9 @@ def test_migrations_are_declared_package_data() -> None:
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
         "setuptools"
     ]
-    assert "runlet.adapters.migrations" in setuptools["packages"]
+    include = setuptools["packages"]["find"]["include"]  # matched as setuptools' find() does
+    assert any(fnmatch.fnmatchcase("runlet.adapters.migrations", p) for p in include)
+    assert (ROOT / "runlet" / "adapters" / "migrations" / "__init__.py").is_file()
     assert "*.sql" in setuptools.get("package-data", {}).get("runlet.adapters.migrations", [])
 
 
