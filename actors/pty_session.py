@@ -5,6 +5,10 @@ and ends it (SIGTERM, a grace period, then SIGKILL). Output is read on the I/O l
 small pump that coalesces reads by size and time — a lone keystroke's echo leaves at once,
 a flood leaves in 64 KiB chunks — numbers them and hands them to the Log Vault. The pump stops
 reading while too many bytes are owed by the vault (backpressure), so mailboxes stay small.
+
+The child's PTY comes from the `spawn` service when there is one (a test's fake PTY), else from
+`ptys.spawn`. The pump keeps time by its loop's clock (`loop.time()`), so a test's loop decides
+when its coalescing and exit-polling timers are due; chunks are stamped by the context's clock.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import Callable
 
 from runlet import metrics
@@ -59,6 +62,7 @@ class PtySession(Actor):
         self.job_key = ctx.services["fleet_key"].job_key(self.request.job_id)
         self.output_key = ctx.services["fleet_key"].job_key(self.job_id)
         self.shell: str = ctx.settings.jobs.shell
+        self.spawn: Callable[..., ptys.Pty] = ctx.services.get("spawn", ptys.spawn)
         self.pty: ptys.Pty | None = None
         self.pump: Pump | None = None
         self.seen_input: dict[str, int] = {}
@@ -73,7 +77,7 @@ class PtySession(Actor):
         env.update(spec.env)
         env.update({"RUNLET_JOB_ID": self.job_id, "TERM": env.get("TERM", "xterm-256color")})
         try:
-            self.pty = ptys.spawn(
+            self.pty = self.spawn(
                 spec.argv_for(self.shell),
                 env=env,
                 cwd=spec.cwd,
@@ -101,8 +105,9 @@ class PtySession(Actor):
             grace = self.ctx.settings.jobs.grace_seconds
             self.tell_self_later(spec.timeout, Terminate(self.job_id, grace, "timed_out"))
 
-    def _emit(self, seq: int, at: float, data: bytes, final: bool) -> None:
+    def _emit(self, seq: int, data: bytes, final: bool) -> None:
         """Runs on the I/O loop: hand a chunk to the vault (the router is thread-safe)."""
+        at = self.ctx.clock()
         self.ctx.router.tell(VAULT, OutputProduced(self.job_id, seq, at, data, final))
 
     def on_stop(self) -> None:
@@ -191,7 +196,7 @@ class Pump:
         loop: asyncio.AbstractEventLoop,
         pty: ptys.Pty,
         *,
-        emit: Callable[[int, float, bytes, bool], None],
+        emit: Callable[[int, bytes, bool], None],
         exited: Callable[[ExitStatus], None],
     ) -> None:
         self.loop = loop
@@ -238,7 +243,7 @@ class Pump:
         if len(self.buf) >= MAX_CHUNK:
             self._flush()
         elif self.flush_timer is None:
-            if time.monotonic() - self.last_flush > IDLE_SECONDS:
+            if self.loop.time() - self.last_flush > IDLE_SECONDS:
                 self._flush()
             else:
                 self.flush_timer = self.loop.call_later(COALESCE_SECONDS, self._flush)
@@ -247,7 +252,7 @@ class Pump:
         if self.flush_timer is not None:
             self.flush_timer.cancel()
             self.flush_timer = None
-        self.last_flush = time.monotonic()
+        self.last_flush = self.loop.time()
         if self.typed_at is not None and self.buf:
             metrics.INPUT_ROUNDTRIP.observe(self.last_flush - self.typed_at)
             self.typed_at = None
@@ -255,7 +260,7 @@ class Pump:
             piece = bytes(self.buf[:MAX_CHUNK])
             del self.buf[:MAX_CHUNK]
             last = final and not self.buf
-            self.emit(self.seq, time.time(), piece, last)
+            self.emit(self.seq, piece, last)
             metrics.OUTPUT_BYTES.inc(len(piece))
             self.seq += 1
             self.owed += len(piece)
@@ -274,7 +279,7 @@ class Pump:
             return
         was_idle = not self.pending_writes
         self.pending_writes += data
-        self.typed_at = time.monotonic()
+        self.typed_at = self.loop.time()
         if was_idle:
             self._drain()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -14,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runlet.adapters import ptys
-from runlet.adapters.ptys import DEFAULT_TERM, Pty, spawn
+from runlet.adapters.ptys import DEFAULT_TERM, Pty, posix, spawn, windows
 from runlet.errors import ClosedError, SpawnFailed
 from runlet.protocol.states import ExitStatus
 
@@ -238,7 +238,7 @@ def test_cwd_failing_in_the_child_is_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cwd that vanishes before the child enters it is SpawnFailed, not a stray child."""
-    monkeypatch.setattr(ptys, "_check_cwd", lambda program, cwd: None)  # skip the early check
+    monkeypatch.setattr(posix, "_check_cwd", lambda program, cwd: None)  # skip the early check
     with pytest.raises(SpawnFailed, match=r"working directory.*gone") as info:
         spawn(["true"], cwd=str(tmp_path / "gone"))
     assert isinstance(info.value.__cause__, FileNotFoundError)
@@ -304,7 +304,7 @@ def test_spawn_from_a_thread_while_another_runs(start: Callable[..., Pty]) -> No
     """Spawning from a non-main thread of a multi-threaded process works and resets signals.
 
     This also records what CPython says about forking with threads alive: nothing before
-    3.12, a DeprecationWarning from 3.12 on (see the runlet.adapters.ptys docstring).
+    3.12, a DeprecationWarning from 3.12 on (see the runlet.adapters.ptys.posix docstring).
     """
     release = threading.Event()
     bystander = threading.Thread(target=release.wait)
@@ -387,3 +387,35 @@ def test_exit_status_needs_exactly_one_field() -> None:
         ExitStatus(code=None, signal=None)
     with pytest.raises(ValueError, match="exactly one"):
         ExitStatus(code=1, signal=9)
+
+
+def _backends_are_ptys(posix_pty: posix.PosixPty, windows_pty: windows.WindowsPty) -> list[Pty]:
+    return [posix_pty, windows_pty]  # mypy checks each backend against the interface here
+
+
+def test_the_windows_backend_imports_here_without_pywinpty() -> None:
+    """The untested Windows backend imports on POSIX and has every method of the interface."""
+    interface = {name for name in vars(Pty) if not name.startswith("_")}
+    assert interface >= {"pid", "fd", "read", "write", "resize", "signal", "poll", "wait", "close"}
+    assert interface <= set(vars(windows.WindowsPty))
+    assert interface <= set(vars(posix.PosixPty))
+
+
+def test_spawn_loads_only_this_platforms_backend() -> None:
+    """Importing the adapter loads no backend; spawning on POSIX loads the POSIX one only."""
+    code = (
+        "import sys; from runlet.adapters import ptys\n"
+        "before = {m for m in sys.modules if m.startswith('runlet.adapters.ptys.')}\n"
+        "ptys.spawn(['true']).close()\n"
+        "after = {m for m in sys.modules if m.startswith('runlet.adapters.ptys.')}\n"
+        "print(sorted(before), sorted(after))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],  # this checkout's runlet
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=DEADLINE,
+    )
+    assert result.stdout.split("\n")[0] == "[] ['runlet.adapters.ptys.posix']"

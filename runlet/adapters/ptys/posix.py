@@ -1,12 +1,7 @@
-"""The PTY adapter: run one command in a pseudo-terminal behind one small interface.
+"""The POSIX backend of the PTY adapter (ptyprocess): Linux and macOS.
 
-`spawn()` starts a command and returns a `Pty`; `ExitStatus` says how it ended. Two
-backends sit behind the interface: POSIX (ptyprocess) and Windows (pywinpty, untested
-here). Everything except `Pty.wait()` is non-blocking, so an asyncio loop can drive a
-`Pty` through `loop.add_reader(pty.fd, ...)` / `loop.add_writer(pty.fd, ...)`.
-
-OSError from spawning is translated here into `SpawnFailed`, with the OSError as its
-`__cause__`; no caller sees ptyprocess or pywinpty exceptions.
+`spawn_posix` forks the child with ptyprocess, then takes the child and a duplicate of its
+master fd away from ptyprocess: a `PosixPty` owns the fd and reaps the child itself.
 
 This module must never:
 - use ptyprocess's `read`/`isalive`/`wait`/`close`: they block or reap the child with
@@ -27,22 +22,20 @@ thread could hold, but spawning from a single place is what keeps it that way.
 
 from __future__ import annotations
 
-import codecs
 import errno
 import os
 import select
 import shutil
 import signal
-import socket
 import struct
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
+from runlet.adapters.ptys import REAP_TIMEOUT, check_size
 from runlet.errors import ClosedError, JobError, SpawnFailed
 from runlet.protocol.states import ExitStatus
 
@@ -50,107 +43,12 @@ if sys.platform != "win32":
     import fcntl
     import termios
 
-DEFAULT_TERM = "xterm-256color"
-"""TERM given to a job whose environment does not set one."""
+__all__ = ["PosixPty", "spawn_posix"]
 
-_MAX_SIZE = 0xFFFF  # struct winsize fields are unsigned short
-_REAP_TIMEOUT = 5.0  # how long close() waits for a SIGKILLed child to disappear
 _FAILED_BEFORE_EXEC = 127  # what a forked child exits with if it could not reach exec
 
 
-class Pty(Protocol):
-    """One job running in a pseudo-terminal.
-
-    Not thread-safe for I/O: one owner (normally the event loop) reads, writes and closes
-    it. `poll()`, `wait()` and `signal()` may be called from any thread.
-    """
-
-    @property
-    def pid(self) -> int:
-        """The child's process id (it leads its own session and process group on POSIX)."""
-        ...
-
-    @property
-    def fd(self) -> int:
-        """The non-blocking master fd for `loop.add_reader`/`add_writer`; -1 once closed."""
-        ...
-
-    def read(self, size: int = 65536) -> bytes:
-        """Return what the job wrote, b"" at end of output, or raise BlockingIOError."""
-        ...
-
-    def write(self, data: bytes) -> int:
-        """Send input; return how many bytes were taken (maybe fewer) or raise BlockingIOError."""
-        ...
-
-    def resize(self, rows: int, cols: int) -> None:
-        """Set the terminal size the job sees (it gets SIGWINCH)."""
-        ...
-
-    def signal(self, sig: int) -> None:
-        """Send `sig` to the job's whole process group; nothing happens if it is gone."""
-        ...
-
-    def poll(self) -> ExitStatus | None:
-        """Reap the job without blocking: its status once it has ended, else None."""
-        ...
-
-    def wait(self, timeout: float | None = None) -> ExitStatus | None:
-        """Block until the job ends (None if `timeout` passes first); never on the loop."""
-        ...
-
-    def close(self) -> None:
-        """Close the fd, and SIGKILL and reap the job if still running. Idempotent.
-
-        It waits for a killed job to disappear, which takes moments (at most 5 s for one
-        stuck in the kernel). Once the job has been reaped, its group is not signalled.
-        """
-        ...
-
-
-def spawn(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    cwd: str | None = None,
-    rows: int = 24,
-    cols: int = 80,
-) -> Pty:
-    """Start `argv` in a new pseudo-terminal of `rows` x `cols`.
-
-    `env` replaces the environment (None inherits ours); TERM is set to DEFAULT_TERM when
-    it has none. Raises SpawnFailed when the command cannot be started: not found, not
-    executable, a bad `cwd`, or an argument the OS cannot pass (a NUL byte, say).
-    """
-    if isinstance(argv, str):
-        raise TypeError("argv must be a sequence of arguments, not one string")
-    args = list(argv)
-    child_env = dict(os.environ if env is None else env)
-    child_env.setdefault("TERM", DEFAULT_TERM)
-    _check_command(args, child_env)
-    for name, value in (("rows", rows), ("cols", cols)):
-        if not 1 <= value <= _MAX_SIZE:
-            raise ValueError(f"{name} must be between 1 and {_MAX_SIZE}, not {value}")
-    if sys.platform == "win32":
-        return _spawn_windows(args, child_env, cwd, rows, cols)
-    return _spawn_posix(args, child_env, cwd, rows, cols)
-
-
-def _check_command(args: list[str], env: Mapping[str, str]) -> None:
-    """Refuse what exec would refuse, before forking (exec would raise in the child)."""
-    if not args or not args[0]:
-        raise SpawnFailed("cannot start a job: the command is empty")
-    if any("\0" in arg for arg in args):
-        raise SpawnFailed(f"cannot start {args[0]!r}: an argument contains a NUL byte")
-    for key, value in env.items():
-        if not key or "=" in key or "\0" in key or "\0" in value:
-            raise SpawnFailed(f"cannot start {args[0]!r}: bad environment variable {key!r}")
-
-
-# --- POSIX ----------------------------------------------------------------------------
-
-
-class _PosixPty:
+class PosixPty:
     """A job on a POSIX pseudo-terminal; we own the master fd and reap the child."""
 
     def __init__(self, pid: int, fd: int) -> None:
@@ -183,9 +81,7 @@ class _PosixPty:
         return os.write(self._open_fd(), data)
 
     def resize(self, rows: int, cols: int) -> None:
-        for name, value in (("rows", rows), ("cols", cols)):
-            if not 1 <= value <= _MAX_SIZE:
-                raise ValueError(f"{name} must be between 1 and {_MAX_SIZE}, not {value}")
+        check_size(rows, cols)
         winsize = struct.pack("HHHH", rows, cols, 0, 0)
         fcntl.ioctl(self._open_fd(), termios.TIOCSWINSZ, winsize)
 
@@ -231,7 +127,7 @@ class _PosixPty:
         os.close(fd)
         # Someone else reaping it leaves nothing for close() to do.
         with suppress(JobError):
-            self.wait(_REAP_TIMEOUT)
+            self.wait(REAP_TIMEOUT)
 
     def _open_fd(self) -> int:
         if self._fd < 0:
@@ -261,9 +157,10 @@ def _decode_wait_status(raw: int) -> ExitStatus:
     return ExitStatus(code=os.WEXITSTATUS(raw), signal=None)
 
 
-def _spawn_posix(
+def spawn_posix(
     args: list[str], env: dict[str, str], cwd: str | None, rows: int, cols: int
-) -> _PosixPty:
+) -> PosixPty:
+    """Fork `args` into a new pseudo-terminal; `ptys.spawn` has checked the arguments."""
     from ptyprocess import PtyProcess
 
     program = args[0]
@@ -289,7 +186,7 @@ def _spawn_posix(
     return _adopt(proc)
 
 
-def _adopt(proc: Any) -> _PosixPty:
+def _adopt(proc: Any) -> PosixPty:
     """Take the child and a duplicate of its master fd away from a ptyprocess object."""
     try:
         fd = os.dup(proc.fd)
@@ -303,7 +200,7 @@ def _adopt(proc: Any) -> _PosixPty:
         proc.fileobj.close()
         proc.closed = True
     os.set_blocking(fd, False)
-    return _PosixPty(proc.pid, fd)
+    return PosixPty(proc.pid, fd)
 
 
 def _check_cwd(program: str, cwd: str | None) -> None:
@@ -357,123 +254,3 @@ def _prepare_child(cwd: str | None) -> None:
             os.chdir(cwd)
         except OSError as exc:  # ptyprocess sends this to the parent, which raises it
             raise type(exc)(f"working directory {cwd!r}: {exc.strerror}") from None
-
-
-# --- Windows ----------------------------------------------------------------------------
-
-
-class _WindowsPty:
-    """A job in a Windows pseudo-console through pywinpty. NOT TESTED HERE (no Windows).
-
-    pywinpty speaks str, so input is decoded from and output encoded to UTF-8. Its reads
-    block and the Proactor loop has no `add_reader`, so a reader thread copies output
-    into one end of a `socket.socketpair()`; `fd` is the other end (`sock` gives it as a
-    socket for `loop.sock_recv`). Windows has no process groups or POSIX signals:
-    `signal(SIGINT)` types Ctrl-C into the console, any other signal terminates the child
-    process only (not what it started), and exit statuses are always codes.
-    """
-
-    def __init__(self, proc: Any) -> None:
-        self._proc = proc
-        self._pid = int(proc.pid)
-        self._status: ExitStatus | None = None
-        self._closed = False
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._sock, sink = socket.socketpair()
-        self._sock.setblocking(False)
-        self._reader = threading.Thread(
-            target=self._pump, args=(sink,), name=f"winpty-reader-{self._pid}", daemon=True
-        )
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self._pid
-
-    @property
-    def fd(self) -> int:
-        return -1 if self._closed else self._sock.fileno()
-
-    @property
-    def sock(self) -> socket.socket:
-        """The reading end as a socket, for `loop.sock_recv` on the Proactor loop."""
-        return self._sock
-
-    def read(self, size: int = 65536) -> bytes:
-        self._check_open()
-        return self._sock.recv(size)
-
-    def write(self, data: bytes) -> int:
-        self._check_open()
-        text = self._decoder.decode(data)
-        if text:
-            with suppress(EOFError):  # the job is gone: its input goes nowhere, as on POSIX
-                self._proc.write(text)
-        return len(data)
-
-    def resize(self, rows: int, cols: int) -> None:
-        self._check_open()
-        self._proc.setwinsize(rows, cols)
-
-    def signal(self, sig: int) -> None:
-        if self.poll() is not None:
-            return
-        if sig == signal.SIGINT:
-            with suppress(EOFError):
-                self._proc.write("\x03")
-            return
-        with suppress(OSError):
-            os.kill(self._pid, sig)  # TerminateProcess, with exit code `sig`
-
-    def poll(self) -> ExitStatus | None:
-        if self._status is None and not self._proc.isalive():
-            code = self._proc.exitstatus
-            if code is not None:
-                self._status = ExitStatus(code=int(code), signal=None)
-        return self._status
-
-    def wait(self, timeout: float | None = None) -> ExitStatus | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while (status := self.poll()) is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
-            time.sleep(0.05)  # pywinpty offers nothing to block on
-        return status
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._sock.close()
-        if self.poll() is None:
-            with suppress(OSError):
-                os.kill(self._pid, signal.SIGTERM)
-        self._proc.close(force=True)
-        self._reader.join(timeout=_REAP_TIMEOUT)
-        self.wait(_REAP_TIMEOUT)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError(f"the PTY of pid {self._pid} is closed")
-
-    def _pump(self, sink: socket.socket) -> None:
-        with sink:
-            while True:
-                try:
-                    text = self._proc.read(4096)
-                    if text:
-                        sink.sendall(text.encode("utf-8"))
-                except (EOFError, OSError):  # the job's output ended, or we closed our end
-                    return
-
-
-def _spawn_windows(
-    args: list[str], env: dict[str, str], cwd: str | None, rows: int, cols: int
-) -> _WindowsPty:
-    from winpty import PtyProcess as WinPtyProcess
-
-    try:
-        proc = WinPtyProcess.spawn(args, cwd=cwd, env=env, dimensions=(rows, cols))
-    except OSError as exc:
-        raise SpawnFailed(f"cannot start {args[0]!r}: {exc}") from exc
-    return _WindowsPty(proc)
