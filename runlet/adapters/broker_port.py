@@ -75,18 +75,10 @@ class BrokerPort(Protocol):
     async def queue_info(self, name: str) -> tuple[int, int] | None: ...
     async def consume(self, spec: QueueSpec, handler: Handler) -> None: ...
     async def publish(
-        self,
-        routing_key: str,
-        body: bytes,
-        *,
-        message_id: str,
-        durable: bool = True,
-        mandatory: bool = True,
-        exchange: str | None = None,
-        reply_to: str | None = None,
-        correlation_id: str | None = None,
-        deadline: float | None = None,
-    ) -> None: ...
+        self, routing_key: str, body: bytes, *, message_id: str, durable: bool = True,
+        mandatory: bool = True, exchange: str | None = None, reply_to: str | None = None,
+        correlation_id: str | None = None, deadline: float | None = None,
+    ) -> None: ...  # fmt: skip
 
 
 def safe_url(url: str) -> str:

@@ -128,14 +128,9 @@ class LedgerDbPort(Protocol):
         """(user, node) of every node still online but last seen before `older_than`."""
 
     async def jobs(
-        self,
-        user: str,
-        *,
-        node: str | None = None,
-        state: str | None = None,
-        since: float | None = None,
-        limit: int = 100,
-    ) -> list[JobRow]:
+        self, user: str, *, node: str | None = None, state: str | None = None,
+        since: float | None = None, limit: int = 100,
+    ) -> list[JobRow]:  # fmt: skip
         """A user's jobs, most recently changed first."""
 
     async def job(self, user: str, job_id: str) -> tuple[JobRow, list[StateRow]] | None:

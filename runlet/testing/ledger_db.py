@@ -28,7 +28,6 @@ import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
-from types import TracebackType
 from typing import Any, Self
 
 from runlet.adapters.ledger_migrations import load_migrations
@@ -111,12 +110,7 @@ class MemoryLedgerDb:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     async def migrate(self) -> list[str]:

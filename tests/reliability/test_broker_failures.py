@@ -74,7 +74,7 @@ EVENT_SECONDS = 30.0  # one event after its cause: a reconnect, a state change, 
 STARTUP_SECONDS = 60.0  # daemons started and consuming
 
 BUG_ERRORS_ESCAPE = (
-    "runlet/adapters/broker.py Broker._with_broker / "
+    "runlet/adapters/broker/connection.py Broker._with_broker / "
     "_publish_confirmed / _publish_fast translate and "
     "retry only _BROKER_ERRORS; aiormq's ChannelInvalidStateError (a RuntimeError, raised by "
     "any call on the channel of a connection that just died) escapes the adapter. In "
@@ -84,7 +84,7 @@ BUG_ERRORS_ESCAPE = (
     "(journaled, never sent: the ledger and every watcher miss it)"
 )
 BUG_RECONNECT_DIES = (
-    "runlet/adapters/broker.py Broker._reconnect retries only on _BROKER_ERRORS: "
+    "runlet/adapters/broker/connection.py Broker._reconnect retries only on _BROKER_ERRORS: "
     "when _restore() meets "
     "aiormq's ChannelInvalidStateError (a RuntimeError: another task's error answer closed the "
     "new channel half-way, e.g. a RESOURCE_LOCKED on a job queue the old connection still "

@@ -13,7 +13,7 @@ Scenarios of DESIGN.md §9 (numbers are those of the reliability table):
 
 and a burst of 60 instant jobs, the regression test of the open/close race of a job's queues
 that these scenarios tripped (the daemon's fast channel closed by a NOT_FOUND, state changes,
-heartbeats and output lost; fixed in actors/broker_gateway.py and adapters/broker.py). Every test
+heartbeats and output lost; fixed in actors/broker_gateway.py and adapters/broker/). Every test
 with a daemon also checks its log for broker errors (`trouble`).
 
 Every broker URL comes from `cluster_urls` (the 3-node cluster; the local broker with

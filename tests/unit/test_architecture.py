@@ -130,10 +130,11 @@ def test_relative_import_from_package_init() -> None:
 def test_the_source_tree_is_found() -> None:
     """The checks below look at the real modules, so they can fail."""
     assert RUNLET / "roots" / "daemon.py" in modules(RUNLET)
-    assert RUNLET / "adapters" / "broker.py" in modules(RUNLET)
+    assert RUNLET / "adapters" / "broker" / "connection.py" in modules(RUNLET)
     assert ACTORS / "broker_gateway.py" in modules(ACTORS)
     assert len(modules(ACTORS)) >= 3
-    daemon, broker = RUNLET / "roots" / "daemon.py", RUNLET / "adapters" / "broker.py"
+    daemon = RUNLET / "roots" / "daemon.py"
+    broker = RUNLET / "adapters" / "broker" / "connection.py"
     assert touches(imports_of(daemon), "actors"), "the root must import actors"
     assert touches(imports_of(broker), "aio_pika"), "the adapter must use aio_pika"
     assert runlet_imports(ACTORS / "job_queue.py"), "actors import runlet's layers"

@@ -40,9 +40,9 @@ from aio_pika.abc import (
 )
 
 from runlet import metrics
+from runlet.adapters.broker.delivery import BROKER_ERRORS, AmqpIncoming
 from runlet.adapters.broker_port import (
     Handler,
-    Incoming,
     QueueSpec,
     Statistics,
     safe_url,
@@ -50,69 +50,7 @@ from runlet.adapters.broker_port import (
 from runlet.errors import BrokerUnavailable, ClosedError, NoSuchTarget
 from runlet.protocol import addresses
 
-__all__ = ["AmqpIncoming", "Broker", "Handler", "Incoming", "QueueSpec", "Statistics", "safe_url"]
-
 log = structlog.get_logger(__name__)
-
-_BROKER_ERRORS = (
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: the channel closed under us
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-)
-
-
-class AmqpIncoming:
-    """One delivery from RabbitMQ; settle it exactly once with `ack()` or `reject()`."""
-
-    __slots__ = ("_broker", "_generation", "_msg")
-
-    def __init__(self, msg: AbstractIncomingMessage, broker: Broker, generation: int) -> None:
-        self._msg = msg
-        self._broker = broker
-        self._generation = generation
-
-    @property
-    def body(self) -> bytes:
-        return self._msg.body
-
-    @property
-    def message_id(self) -> str | None:
-        return self._msg.message_id
-
-    @property
-    def reply_to(self) -> str | None:
-        return self._msg.reply_to
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self._msg.correlation_id
-
-    @property
-    def redelivered(self) -> bool:
-        return bool(self._msg.redelivered)
-
-    @property
-    def routing_key(self) -> str:
-        return self._msg.routing_key or ""
-
-    async def ack(self) -> None:
-        await self._settle(self._msg.ack)
-
-    async def reject(self) -> None:
-        """Refuse for good: the queue's dead-letter exchange gets it."""
-        await self._settle(lambda: self._msg.reject(requeue=False))
-
-    async def requeue(self) -> None:
-        """Give it back to the queue to be delivered again (we could not handle it now)."""
-        await self._settle(lambda: self._msg.nack(requeue=True))
-
-    async def _settle(self, action: Callable[[], Awaitable[None]]) -> None:
-        if self._generation != self._broker.generation:
-            return  # its channel is gone; the broker redelivers it and dedupe drops it
-        with contextlib.suppress(*_BROKER_ERRORS, aio_pika.exceptions.MessageProcessError):
-            await action()
 
 
 @dataclass(slots=True)
@@ -183,7 +121,7 @@ class Broker:
             for _ in self.urls:
                 try:
                     await self._open(self.urls[next(self._url_cycle)])
-                except _BROKER_ERRORS as exc:
+                except BROKER_ERRORS as exc:
                     last = exc
                     continue
                 self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
@@ -206,7 +144,7 @@ class Broker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         if self._connection is not None:
-            with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+            with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
                 await self._connection.close()
 
     async def wait_ready(self, timeout: float) -> None:
@@ -251,7 +189,7 @@ class Broker:
         except BaseException:
             # half-restored (say, an exclusive queue still locked by our dead connection):
             # close this one, or every retry would leave another connection behind
-            with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+            with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
                 await conn.close()
             raise
         self._ready.set()
@@ -272,7 +210,7 @@ class Broker:
             self._ready.clear()
             log.warning("broker_connection_lost", url=self.stats.url)
             if self._connection is not None and not self._connection.is_closed:
-                with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+                with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
                     await self._connection.close()
             await self._reconnect()
 
@@ -282,7 +220,7 @@ class Broker:
             url = self.urls[next(self._url_cycle)]
             try:
                 await self._open(url)
-            except _BROKER_ERRORS as exc:
+            except BROKER_ERRORS as exc:
                 log.warning("broker_reconnect_failed", url=safe_url(url), error=str(exc))
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
@@ -319,17 +257,17 @@ class Broker:
         self._topology.queues.pop(name, None)
         consumer = self._topology.consumers.pop(name, None)
         if consumer is not None and consumer.queue is not None and consumer.tag:
-            with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+            with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
                 await consumer.queue.cancel(consumer.tag)
         if delete and self._ready.is_set() and self._connection is not None:
             # on a channel of its own: an error answer (the queue went with its consumer)
             # closes only that channel, never the ones every publish and consumer share
-            with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+            with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
                 probe = await self._connection.channel(publisher_confirms=False)
                 try:
                     await probe.queue_delete(name)
                 finally:
-                    with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+                    with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
                         await probe.close()
 
     async def _declare(self, spec: QueueSpec) -> AbstractQueue:
@@ -364,10 +302,10 @@ class Broker:
             queue = await probe.declare_queue(name, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return None
-        except _BROKER_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"cannot look up queue {name}: {exc}") from exc
         finally:
-            with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+            with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
                 await probe.close()
         result = queue.declaration_result
         return int(result.message_count or 0), int(result.consumer_count or 0)
@@ -436,7 +374,7 @@ class Broker:
             async with self._fast_lock:
                 exchange = await self._exchange(name, durable=False)
                 await exchange.publish(message, routing_key, mandatory=mandatory)
-        except _BROKER_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"publish to {routing_key} failed: {exc}") from exc
 
     async def _publish_confirmed(
@@ -456,7 +394,7 @@ class Broker:
             except aio_pika.exceptions.PublishError as exc:
                 self.stats.returned += 1
                 raise NoSuchTarget(routing_key) from exc
-            except _BROKER_ERRORS as exc:
+            except BROKER_ERRORS as exc:
                 self.stats.publish_retries += 1
                 metrics.PUBLISH_RETRIES.inc()
                 log.warning("publish_retried", routing_key=routing_key, error=repr(exc))
@@ -481,5 +419,5 @@ class Broker:
     async def _with_broker(self, coro: Awaitable[Any]) -> Any:
         try:
             return await coro
-        except _BROKER_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
