@@ -2,6 +2,9 @@
 
 The nodes c1..c3@localhost listen on 127.0.0.1:5701..5703 (see the script for the other ports)
 and keep their data in $RUNLET_CLUSTER_DIR (default /tmp/runlet-cluster). The script needs root.
+`Cluster(prefix=..., port_base=..., base_dir=...)` drives a second, separate cluster beside it
+(nodes PREFIX1..3@localhost, AMQP port_base+1..3, management port_base+10001..3), e.g. for
+tests/reliability/test_cluster_script.py; a second cluster needs all three of its own.
 Every call here is bounded: the script bounds its own waits (RUNLET_CLUSTER_TIMEOUT per node),
 and each subprocess gets a time limit on top; a call that fails or overruns raises ClusterError
 with the script's output.
@@ -17,6 +20,9 @@ takes about 25-60 s, which counts against the first test's pytest-timeout.
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import math
 import os
 import subprocess
@@ -30,6 +36,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "cluster.sh"
 NODES = (1, 2, 3)
+DEFAULT_PREFIX = "c"
+DEFAULT_PORT_BASE = 5700
 
 
 class ClusterError(RuntimeError):
@@ -44,13 +52,29 @@ class Cluster:
         base_dir: str | os.PathLike[str] | None = None,
         node_timeout: int = 120,
         script: Path = SCRIPT,
+        prefix: str | None = None,
+        port_base: int | None = None,
     ) -> None:
+        """`prefix`, `port_base` and `base_dir` default to $RUNLET_CLUSTER_PREFIX,
+        $RUNLET_CLUSTER_PORT_BASE and $RUNLET_CLUSTER_DIR, else to the script's defaults (c, 5700,
+        /tmp/runlet-cluster). A `prefix` other than the inherited one without a `base_dir` never
+        inherits $RUNLET_CLUSTER_DIR: the script then uses /tmp/runlet-cluster-PREFIX.
+        """
         self.script = script
         self.node_timeout = node_timeout
         self._env = dict(os.environ)
         self._env["RUNLET_CLUSTER_TIMEOUT"] = str(node_timeout)
+        inherited_prefix = self._env.get("RUNLET_CLUSTER_PREFIX", DEFAULT_PREFIX)
+        if prefix is not None:
+            self._env["RUNLET_CLUSTER_PREFIX"] = prefix
+            if base_dir is None and prefix != inherited_prefix:
+                self._env.pop("RUNLET_CLUSTER_DIR", None)
+        if port_base is not None:
+            self._env["RUNLET_CLUSTER_PORT_BASE"] = str(port_base)
         if base_dir is not None:
             self._env["RUNLET_CLUSTER_DIR"] = os.fspath(base_dir)
+        self.prefix = self._env.get("RUNLET_CLUSTER_PREFIX", DEFAULT_PREFIX)
+        self.port_base = int(self._env.get("RUNLET_CLUSTER_PORT_BASE", str(DEFAULT_PORT_BASE)))
 
     def _run(self, *args: str, timeout: float, check: bool = True, echo: bool = True) -> str:
         """Run the script with `args` for at most `timeout` s; return its standard output."""
@@ -80,9 +104,13 @@ class Cluster:
 
     # -- whole cluster --------------------------------------------------------------------
 
-    def up(self) -> None:
-        """Start whatever node is down, form the cluster and check 3 running nodes."""
-        self._run("up", timeout=3 * self.node_timeout + 180)
+    def up(self) -> str:
+        """Start whatever node is down, form the cluster and check 3 running nodes.
+
+        Returns the script's output (its progress, then the three AMQP URLs).
+        """
+        # Worst case: three boots, each with its feature-flag retries, then a reset and rejoin.
+        return self._run("up", timeout=5 * self.node_timeout + 300)
 
     def down(self) -> None:
         """Stop all three nodes (gracefully, then by pid file); their data is kept."""
@@ -99,6 +127,29 @@ class Cluster:
 
     def url(self, n: int) -> str:
         return self.urls[_index(n)]
+
+    def node_name(self, n: int) -> str:
+        """The Erlang node name of node `n`, e.g. c1@localhost."""
+        return f"{self.prefix}{_node(n)}@localhost"
+
+    def management_port(self, n: int) -> int:
+        """The port of node `n`'s management HTTP API on 127.0.0.1 (guest/guest)."""
+        return self.port_base + 10000 + int(_node(n))
+
+    def running_nodes(self, n: int = 1, timeout: float = 15.0) -> list[str]:
+        """The cluster members node `n` reports as running (management API /api/nodes), sorted."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.management_port(n), timeout=timeout)
+        try:
+            auth = base64.b64encode(b"guest:guest").decode()
+            conn.request("GET", "/api/nodes", headers={"Authorization": f"Basic {auth}"})
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise ClusterError(f"GET /api/nodes on {self.node_name(n)}: HTTP {response.status}")
+        nodes: list[dict[str, object]] = json.loads(body)
+        return sorted(str(node["name"]) for node in nodes if node.get("running") is True)
 
     # -- one node ---------------------------------------------------------------------------
 
@@ -117,7 +168,7 @@ class Cluster:
     def running(self, n: int) -> bool:
         """True when node `n`'s VM is alive and its AMQP port accepts connections."""
         out = self._run("status", timeout=60, check=False, echo=False)
-        name = f"c{_node(n)}@localhost"
+        name = self.node_name(n)
         for line in out.splitlines():
             fields = line.split()
             if len(fields) >= 2 and fields[0] == name:
