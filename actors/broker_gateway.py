@@ -21,6 +21,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from runlet import metrics
 from runlet.adapters.broker import Broker, Handler, Incoming, QueueSpec
@@ -92,7 +93,7 @@ class BrokerGateway(Actor):
                 self.ctx.loop.submit(self._publish_output(message), self._log_failure)
             case Publish(job_id=job_id) if job_id:
                 self.ctx.loop.submit(
-                    self._in_order(job_id, self._publish(message)), self._log_failure
+                    self._in_order(job_id, partial(self._publish, message)), self._log_failure
                 )
             case Publish():
                 self.ctx.loop.submit(self._publish(message), self._log_failure)
@@ -100,11 +101,13 @@ class BrokerGateway(Actor):
                 self.ctx.loop.call(self._settle, token, ok, reason)
             case OpenJobQueues(job_id=job_id):
                 self.ctx.loop.submit(
-                    self._in_order(job_id, self._open_job(message), opens=True), self._log_failure
+                    self._in_order(job_id, partial(self._open_job, message), opens=True),
+                    self._log_failure,
                 )
             case CloseJobQueues(job_id=job_id):
                 self.ctx.loop.submit(
-                    self._in_order(job_id, self._close_job(job_id), closes=True), self._log_failure
+                    self._in_order(job_id, partial(self._close_job, job_id), closes=True),
+                    self._log_failure,
                 )
             case LoopTaskFailed(error=error):
                 raise BrokerUnavailable(error)
@@ -147,6 +150,8 @@ class BrokerGateway(Actor):
         return self._handler("rpc", _route_rpc)
 
     def _setup_done(self, future: concurrent.futures.Future[None]) -> None:
+        if future.cancelled():  # the loop closed under it: the daemon is stopping
+            return
         exc = future.exception()
         if exc is not None:
             self.log.error("broker_setup_failed", error=repr(exc))
@@ -248,9 +253,17 @@ class BrokerGateway(Actor):
         return self._topology_lock
 
     async def _in_order(
-        self, job_id: str, operation: Awaitable[None], *, opens: bool = False, closes: bool = False
+        self,
+        job_id: str,
+        operation: Callable[[], Awaitable[None]],
+        *,
+        opens: bool = False,
+        closes: bool = False,
     ) -> None:
         """Run one of a job's operations once the job's previous one has finished.
+
+        The operation is made only when its turn comes, so one cancelled while it waits (the
+        loop closing) leaves no coroutine behind that was never awaited.
 
         The lane is taken before the first await, so operations keep the order in which they
         were submitted (the order of this actor's mailbox). A job's lane lives from its
@@ -264,8 +277,9 @@ class BrokerGateway(Actor):
         lane.tail = done
         try:
             if previous is not None:
-                await previous  # it never raises: see the finally below
-            await operation
+                # shielded: a waiter cancelled (the loop closing) must not cancel the chain
+                await asyncio.shield(previous)  # it never raises: see the finally below
+            await operation()
         finally:
             done.set_result(None)
             if closes:

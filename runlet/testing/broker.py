@@ -108,6 +108,7 @@ class MemoryBroker:
         self.deleted: list[str] = []
         self.down = False
         self.hold_confirms = False
+        self.waiting: list[str] = []  # held durable publishes not confirmed yet, oldest first
         self.closed = False
         self._confirms: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -157,7 +158,11 @@ class MemoryBroker:
             name, routing_key, body, message_id, durable, mandatory, reply_to, correlation_id
         )
         if durable and self.hold_confirms:
-            await self._confirms.setdefault(message_id, asyncio.Event()).wait()
+            self.waiting.append(message_id)
+            try:
+                await self._confirms.setdefault(message_id, asyncio.Event()).wait()
+            finally:
+                self.waiting.remove(message_id)
             self._check()
         self.published.append(message)
         targets = self._route(message)

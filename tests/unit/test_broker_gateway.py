@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pykka
 import pytest
 
 from actors.broker_gateway import BrokerGateway
@@ -275,3 +278,20 @@ def test_output_of_a_job_without_a_lane_leaves_at_once(held: Rig) -> None:
     """Output after the job's queues are closed (or of an unknown job) is never held."""
     held.tell(output("9" * 32, 3))
     settled(held, [f"{'9' * 32}:o3"])
+
+
+def test_stopping_with_a_jobs_operations_still_waiting_leaves_nothing_unawaited(
+    held: Rig,
+) -> None:
+    """The daemon stops while a job's state changes wait in its lane: none is left half-made."""
+    for seq in range(3):
+        held.tell(state(JOB, seq))
+    held.tell(CloseJobQueues(JOB))
+    wait_for(lambda: held.broker.waiting == [f"{JOB}:0"], what="the first publish")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        held.ctx.stopping.set()
+        pykka.ActorRegistry.stop_all(block=True, timeout=DEADLINE)
+        held.ctx.loop.close()
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
