@@ -14,9 +14,10 @@ runs the same assertions on both):
 
 `down = True` makes every call that would talk to the store raise `BlobStoreUnavailable` (the
 objects stay, as a real store's would). `calls` counts the calls by name, so a test waits on
-it. `factory` stands in for the `BlobStore` class as the Log Vault's `blob_store_factory`: it
-opens this store again and counts in `made`. Thread-safe: an actor uses it on its loop while a
-test reads it from its own thread.
+it. `factory` stands in for the `BlobStore` class as an actor's `blob_store_factory`: it opens
+this store again and counts in `made`; `another()` is a second handle on the same bucket, as
+another device would hold. Thread-safe: an actor uses it on its loop while a test reads it
+from its own thread.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +51,15 @@ from runlet.errors import BlobStoreUnavailable, ClosedError, StorageError
 __all__ = ["MemoryBlobStore", "StoredObject"]
 
 
+@dataclass(slots=True)
+class _Bucket:
+    """What every handle on one bucket shares."""
+
+    objects: dict[str, StoredObject] = field(default_factory=dict)
+    exists: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 @dataclass(frozen=True, slots=True)
 class StoredObject:
     """One object as the store keeps it."""
@@ -69,9 +79,8 @@ class MemoryBlobStore:
         self.user = user
         self._bucket = bucket
         self._clock = clock
-        self._lock = threading.Lock()
-        self.objects: dict[str, StoredObject] = {}
-        self.bucket_exists = False
+        self._shared = _Bucket()
+        self._lock = self._shared.lock
         self.down = False
         self.calls: Counter[str] = Counter()
         self.made = 0
@@ -83,6 +92,26 @@ class MemoryBlobStore:
     @property
     def bucket(self) -> str:
         return self._bucket
+
+    @property
+    def objects(self) -> dict[str, StoredObject]:
+        """Every object in the bucket by key (logs and index objects), in upload order."""
+        return self._shared.objects
+
+    @property
+    def bucket_exists(self) -> bool:
+        return self._shared.exists
+
+    @bucket_exists.setter
+    def bucket_exists(self, exists: bool) -> None:
+        self._shared.exists = exists
+
+    def another(self) -> MemoryBlobStore:
+        """A new, unopened handle on this bucket: the same objects, its own state and counts."""
+        other = MemoryBlobStore(self.user, bucket=self._bucket, clock=self._clock)
+        other._shared = self._shared
+        other._lock = self._shared.lock
+        return other
 
     def factory(self, config: Any, user: str) -> Self:
         """`BlobStore(config, user)` for the Log Vault: this store, made usable again."""

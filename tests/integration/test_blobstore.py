@@ -13,10 +13,10 @@ from typing import Any, BinaryIO, TypeVar
 
 import pytest
 
+from actors.sync_reconciler import Decision, reconcile
 from runlet.adapters.blob_port import BlobStorePort
 from runlet.adapters.blobstore import BlobStore, RemoteLog, files
 from runlet.adapters.logfile import LogWriter, Record, seal_output
-from runlet.client.reconciler import Decision, reconcile
 from runlet.config import StorageConfig
 from runlet.errors import BlobStoreUnavailable
 from runlet.protocol.crypto import FleetKey
@@ -316,7 +316,8 @@ def reconcile_with(
 ) -> tuple[Path, Decision]:
     async def scenario() -> tuple[Path, Decision]:
         async with opened(config, create=False) as store:
-            return await reconcile(store, node, JOB, path)
+            found: tuple[Path, Decision] = await reconcile(store, node, JOB, path)
+            return found
 
     return run(scenario())
 
