@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO, Protocol, Self
 
 from runlet.errors import StorageError
@@ -78,12 +77,7 @@ class BlobStorePort(Protocol):
         """Idempotent; calls made afterwards raise ClosedError."""
 
     async def __aenter__(self) -> Self: ...
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+    async def __aexit__(self, *exc_info: object) -> None: ...
     async def ensure_bucket(self) -> None:
         """Create the bucket if it is missing."""
 

@@ -29,23 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, NoReturn, Self
 
-from runlet.adapters.blob_port import (
-    CHUNK,
-    Progress,
-    RemoteLog,
-    Statistics,
-    check_upload,
-    check_user,
-    index_key,
-    object_key,
-    remote_time,
-)
+from runlet.adapters import blob_port as port
+from runlet.adapters.blob_port import Progress, RemoteLog, Statistics
 from runlet.adapters.blobstore import files
 from runlet.adapters.blobstore.client import metadata, remote_log
 from runlet.adapters.blobstore.translate import no_bucket
+from runlet.adapters.closing import Closing
 from runlet.errors import BlobStoreUnavailable, ClosedError, StorageError
 
 __all__ = ["MemoryBlobStore", "StoredObject"]
@@ -69,13 +60,13 @@ class StoredObject:
     last_modified: datetime
 
 
-class MemoryBlobStore:
+class MemoryBlobStore(Closing):
     """One user's logs in one in-memory bucket, made when `ensure_bucket` is called."""
 
     def __init__(
         self, user: str, *, bucket: str = "runlet-logs", clock: Callable[[], float] = time.time
     ) -> None:
-        check_user(user)
+        port.check_user(user)
         self.user = user
         self._bucket = bucket
         self._clock = clock
@@ -132,18 +123,6 @@ class MemoryBlobStore:
         self._count("close")
         self._closed, self._open = True, False
 
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     def __repr__(self) -> str:
         return f"<MemoryBlobStore {self._where} user={self.user!r}>"
 
@@ -156,9 +135,9 @@ class MemoryBlobStore:
         self, node: str, job_id: str, path: Path, *, hash: str | None = None,
         finished_at: float | None, final: bool,
     ) -> RemoteLog:  # fmt: skip
-        check_upload(finished_at, final)
+        port.check_upload(finished_at, final)
         self._use("put_log")
-        key = object_key(self.user, node, job_id)
+        key = port.object_key(self.user, node, job_id)
         with files.open_log(path) as f:
             size, digest = files.snapshot(f, path)
             if hash is not None and hash != digest:
@@ -169,7 +148,7 @@ class MemoryBlobStore:
         with self._lock:
             meta = metadata(job_id, digest, finished_at, final=final)
             self.objects[key] = StoredObject(body, meta, when)
-            index = index_key(self.user, job_id)
+            index = port.index_key(self.user, job_id)
             self.objects[index] = StoredObject(node.encode("ascii"), {}, when)
             self.stats.uploads += 1
             self.stats.bytes_uploaded += size
@@ -179,14 +158,14 @@ class MemoryBlobStore:
 
     async def head_log(self, node: str, job_id: str) -> RemoteLog | None:
         self._use("head_log")
-        key = object_key(self.user, node, job_id)
+        key = port.object_key(self.user, node, job_id)
         self._reach(f"look up {key}")
         found = self.objects.get(key)
         return None if found is None else _describe(key, found)
 
     async def find_node(self, job_id: str) -> str | None:
         self._use("find_node")
-        key = index_key(self.user, job_id)
+        key = port.index_key(self.user, job_id)
         self._reach(f"read {key}")
         found = self.objects.get(key)
         return None if found is None else found.body.decode("ascii")
@@ -195,7 +174,7 @@ class MemoryBlobStore:
         self, node: str, job_id: str, dest: Path, *, progress: Progress | None = None
     ) -> RemoteLog:
         self._use("get_log")
-        key = object_key(self.user, node, job_id)
+        key = port.object_key(self.user, node, job_id)
         with files.landing(dest) as spot:
             self._reach(f"download {key}")
             found = self.objects.get(key)
@@ -203,7 +182,7 @@ class MemoryBlobStore:
                 self._fail(f"{self._where} has no {key}")
             remote = _describe(key, found)
             await files.receive(_Body(found.body), spot.file, remote.size, progress)
-            spot.keep(remote_time(remote))
+            spot.keep(port.remote_time(remote))
         with self._lock:
             self.stats.downloads += 1
             self.stats.bytes_downloaded += remote.size
@@ -241,7 +220,7 @@ class _Body:
         self._data = memoryview(data)
         self._pos = 0
 
-    async def read(self, n: int = CHUNK) -> bytes:
+    async def read(self, n: int = port.CHUNK) -> bytes:
         chunk = bytes(self._data[self._pos : self._pos + n])
         self._pos += len(chunk)
         return chunk

@@ -19,8 +19,7 @@ import asyncio
 import os
 from contextlib import AbstractContextManager, AsyncExitStack
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import structlog
 
@@ -37,6 +36,7 @@ from runlet.adapters.blob_port import (
 from runlet.adapters.blobstore import files
 from runlet.adapters.blobstore.client import metadata, open_client, remote_log
 from runlet.adapters.blobstore.translate import NOT_FOUND, boto, code, no_bucket, translating
+from runlet.adapters.closing import Closing
 from runlet.config import StorageConfig
 from runlet.errors import BlobStoreUnavailable, ClosedError, StorageError
 from runlet.protocol import addresses
@@ -46,7 +46,7 @@ log = structlog.get_logger(__name__)
 _MAX_INDEX_BYTES = 256
 
 
-class BlobStore:
+class BlobStore(Closing):
     """One user's logs in one bucket; open it (or `async with`) before use, on one loop."""
 
     def __init__(self, config: StorageConfig, user: str) -> None:
@@ -81,18 +81,6 @@ class BlobStore:
         stack, self._stack, self._client = self._stack, None, None
         if stack is not None:
             await stack.aclose()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._client is not None else "new"
