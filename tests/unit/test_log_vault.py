@@ -118,10 +118,12 @@ class Rig:
         wait_for(lambda: self.uploaded(job_id), what=f"the final upload of {job_id}")
 
 
-def make_rig(tmp_path: Path, *, storage: bool) -> Iterator[Rig]:
+def make_rig(tmp_path: Path, *, storage: bool, max_bytes: int = 0) -> Iterator[Rig]:
     with running_context(tmp_path) as ctx:
         config = StorageConfig(bucket="runlet-logs", checkpoint_seconds=86400)
-        ctx.settings = _Settings(data_dir=tmp_path, storage=config if storage else None)
+        ctx.settings = _Settings(
+            data_dir=tmp_path, storage=config if storage else None, vault=_Vault(max_bytes)
+        )
         key = FleetKey.generate()
         store, backoff = MemoryBlobStore(USER), Backoff()
         ctx.services.update(fleet_key=key, blob_store_factory=store.factory, upload_backoff=backoff)
@@ -308,7 +310,6 @@ def test_an_upload_that_fails_is_retried_until_the_store_is_back(rig: Rig) -> No
     rig.tell(OpenLog(JOB), output(0, b"x", final=True))
     wait_for(lambda: rig.store.calls["put_log"] >= 3, what="three tries")
     assert not rig.uploaded()
-    assert rig.path().exists()  # never evicted before its upload
     rig.store.down = False
     rig.wait_uploaded()
     assert rig.backoff.attempts[:2] == [1, 2]
@@ -364,3 +365,35 @@ def test_the_store_is_closed_when_the_vault_stops(rig: Rig) -> None:
     wait_for(lambda: rig.store.bucket_exists, what="the store opened")
     rig.ref.stop(block=True)
     assert rig.store.calls["close"] == 1
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Iterator[Rig]:
+    """A vault with storage whose `[vault] max_bytes` any log is over, not started yet."""
+    yield from make_rig(tmp_path, storage=True, max_bytes=1)
+
+
+def test_a_log_is_evicted_only_once_uploaded_even_across_a_restart(small: Rig) -> None:
+    """Past `max_bytes` an uploaded log goes; one whose upload fails stays, a restart too."""
+    small.start()
+    wait_for(lambda: small.store.bucket_exists, what="the store opened")
+    small.tell(OpenLog(JOB), output(0, b"x", final=True))
+    small.wait_uploaded()
+    wait_for(lambda: not small.path().exists(), what="the uploaded log evicted")
+    small.store.down = True
+    small.tell(OpenLog(OTHER), output(0, b"y", final=True, job_id=OTHER))
+    wait_for(lambda: small.store.calls["put_log"] >= 3, what="the upload tried and failed")
+    small.ref.stop(block=True)
+    tries = small.store.calls["ensure_bucket"]
+    small.start()  # the daemon restarted: its start looks at the vault folder again
+    wait_for(lambda: small.store.calls["ensure_bucket"] > tries, what="the new vault started")
+    reply = addresses.reply_key("viewer1", OTHER)
+    small.tell(Replay(OTHER, 0, reply, None, "exited", exit_code=0))  # handled after its start
+    chunk, done = (wire.decode(p.body) for p in small.wait_published(reply, 2))
+    assert isinstance(chunk, OutputChunk)  # still there to replay: not evicted
+    assert done == ReplayFinished(OTHER, NODE, 1, "exited", 0)
+    assert small.path(OTHER).exists()
+    small.store.down = False
+    small.wait_uploaded(OTHER)
+    wait_for(lambda: not small.path(OTHER).exists(), what="the log evicted once uploaded")
+    assert small.store.made == 2
