@@ -27,6 +27,7 @@ from typing import Any
 from runlet import metrics
 from runlet.adapters import backlog
 from runlet.adapters.blob_port import BlobStorePort, hash_file
+from runlet.adapters.blobstore import BlobStore
 from runlet.adapters.logfile import LogWriter, Record, read_records, seal_output
 from runlet.config import StorageConfig
 from runlet.errors import RunletError, StorageError
@@ -63,7 +64,7 @@ class LogVault(Actor):
         self.max_bytes: int = getattr(getattr(ctx.settings, "vault", None), "max_bytes", 0)
         self.store: Any = None  # a BlobStorePort once opened
         self.make_store: Callable[[StorageConfig, str], BlobStorePort] = ctx.services.get(
-            "blob_store_factory", _blob_store
+            "blob_store_factory", BlobStore
         )
         self.backoff: Callable[[int], float] = ctx.services.get("upload_backoff", backlog.backoff)
         self.store_ready = False
@@ -333,12 +334,6 @@ class LogVault(Actor):
         if chosen:
             freed = backlog.evict(chosen)
             self.log.info("logs_evicted", count=len(chosen), freed_bytes=freed)
-
-
-def _blob_store(config: StorageConfig, user: str) -> BlobStorePort:
-    from runlet.adapters.blobstore import BlobStore  # made only once `[storage]` is set
-
-    return BlobStore(config, user)
 
 
 def _tell(ref: Any, message: object) -> None:

@@ -49,6 +49,7 @@ from typing import Any, Protocol
 import structlog
 
 from runlet.adapters.blob_port import BlobStorePort, Progress, RemoteLog, hash_file, remote_time
+from runlet.adapters.blobstore import BlobStore
 from runlet.adapters.logfile import scan_log
 from runlet.config import StorageConfig
 from runlet.errors import BlobStoreUnavailable, ClosedError, JobNotFound, RunletError, StorageError
@@ -198,7 +199,7 @@ class SyncReconciler(Actor):
     def __init__(self, ctx: Context, name: str = RECONCILER) -> None:
         super().__init__(ctx, name)
         self.storage: StorageConfig | None = getattr(ctx.settings, "storage", None)
-        self.make_store = ctx.services.get("blob_store_factory", _blob_store)
+        self.make_store = ctx.services.get("blob_store_factory", BlobStore)
         self.store: BlobStorePort | None = None
         self.asks: dict[str, deque[ReadLog]] = {}  # by job: the one being read first
 
@@ -258,12 +259,6 @@ async def _read(store: BlobStorePort | None, ask: ReadLog) -> LogRead:
     path, decision = await reconcile(store, ask.node, ask.job_id, ask.path, progress=ask.progress)
     found = await asyncio.to_thread(local_log, path)
     return LogRead(ask.job_id, path, str(decision), final=found is not None and found.final)
-
-
-def _blob_store(config: StorageConfig, user: str) -> BlobStorePort:
-    from runlet.adapters.blobstore import BlobStore  # made only once `[storage]` is set
-
-    return BlobStore(config, user)
 
 
 def _answer(ask: ReadLog, answer: LogRead) -> None:
