@@ -83,7 +83,7 @@ class BrokerGateway(Actor):
     def on_stop(self) -> None:
         if not self.ctx.loop.closed:
             try:
-                self.ctx.loop.submit(self.broker.close()).result(5)
+                self.ctx.loop.run_sync(self.broker.close(), 5)
             except (concurrent.futures.TimeoutError, RunletError):
                 self.log.warning("broker_close_timed_out")
 

@@ -79,7 +79,7 @@ class Ledger(Actor):
             self.task.cancel()
         if not self.ctx.loop.closed:
             try:
-                self.ctx.loop.submit(self._close()).result(10)
+                self.ctx.loop.run_sync(self._close(), 10)
             except (concurrent.futures.TimeoutError, RunletError):
                 self.log.warning("ledger_close_timed_out")
 

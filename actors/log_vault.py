@@ -9,17 +9,25 @@ With a `[storage]` section, every finished log is uploaded (ciphertext only) wit
 and finish time; failed uploads are retried with backoff and jitter from a backlog read off
 the vault folder (`runlet.adapters.backlog`), so it survives restarts; running jobs' logs are
 checkpointed every `storage.checkpoint_seconds`. A log is never evicted before its upload.
+
+Its seams, in `ctx.services`: `blob_store_factory` (default `runlet.adapters.blobstore.BlobStore`;
+a test passes a `runlet.testing.MemoryBlobStore`'s `factory`) and `upload_backoff` (default
+`runlet.adapters.backlog.backoff`: seconds before retry number n of an upload or of opening the
+store).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from runlet import metrics
 from runlet.adapters import backlog
+from runlet.adapters.blob_port import BlobStorePort, hash_file
+from runlet.adapters.blobstore import BlobStore
 from runlet.adapters.logfile import LogWriter, Record, read_records, seal_output
 from runlet.config import StorageConfig
 from runlet.errors import RunletError, StorageError
@@ -54,7 +62,11 @@ class LogVault(Actor):
         self.broken: dict[str, str] = {}  # jobs whose log could not be written, and why
         self.storage: StorageConfig | None = getattr(ctx.settings, "storage", None)
         self.max_bytes: int = getattr(getattr(ctx.settings, "vault", None), "max_bytes", 0)
-        self.store: Any = None  # runlet.adapters.blobstore.BlobStore once opened (imported lazily)
+        self.store: Any = None  # a BlobStorePort once opened
+        self.make_store: Callable[[StorageConfig, str], BlobStorePort] = ctx.services.get(
+            "blob_store_factory", BlobStore
+        )
+        self.backoff: Callable[[int], float] = ctx.services.get("upload_backoff", backlog.backoff)
         self.store_ready = False
         self.attempts: dict[str, int] = {}  # failed uploads so far, by job
         self.due: dict[str, float] = {}  # when each backlog entry may be tried next
@@ -80,7 +92,7 @@ class LogVault(Actor):
         self.writers.clear()
         if self.store is not None and not self.ctx.loop.closed:
             try:
-                self.ctx.loop.submit(self.store.close()).result(5)
+                self.ctx.loop.run_sync(self.store.close(), 5)
             except (concurrent.futures.TimeoutError, RunletError):
                 self.log.warning("store_close_timed_out")
 
@@ -99,7 +111,7 @@ class LogVault(Actor):
             case StoreOpened(error=error):
                 self.log.warning("store_unavailable", error=error)
                 self.attempts["(store)"] = self.attempts.get("(store)", 0) + 1
-                self.tell_self_later(backlog.backoff(self.attempts["(store)"]), ReopenStore())
+                self.tell_self_later(self.backoff(self.attempts["(store)"]), ReopenStore())
             case ReopenStore():
                 self._open_store()
             case UploadTick():
@@ -201,11 +213,9 @@ class LogVault(Actor):
     # -- uploads -----------------------------------------------------------------------------
 
     def _open_store(self) -> None:
-        from runlet.adapters.blobstore import BlobStore
-
         assert self.storage is not None
         if self.store is None:
-            self.store = BlobStore(self.storage, self.ctx.settings.user)
+            self.store = self.make_store(self.storage, self.ctx.settings.user)
         store = self.store
         ref = self.actor_ref
 
@@ -246,8 +256,6 @@ class LogVault(Actor):
         self._upload(job_id, path, final=True)
 
     def _upload(self, job_id: str, path: Path, *, final: bool) -> None:
-        from runlet.adapters.blobstore import hash_file
-
         self.in_flight.add(job_id)
         digest = hash_file(path) if final else None
         finished_at = path.stat().st_mtime if final else None
@@ -285,7 +293,7 @@ class LogVault(Actor):
             metrics.UPLOADS.labels(kind=kind, result="failed").inc()
             if done.final:
                 tries = self.attempts[done.job_id] = self.attempts.get(done.job_id, 0) + 1
-                delay = backlog.backoff(tries)
+                delay = self.backoff(tries)
                 self.due[done.job_id] = time.monotonic() + delay
                 self.log.warning(
                     "upload_failed",

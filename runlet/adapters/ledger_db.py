@@ -43,12 +43,13 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
 
 from runlet.adapters import ledger_sql as sql
+from runlet.adapters.closing import Closing
 from runlet.adapters.ledger_dsn import Where
 from runlet.adapters.ledger_migrations import MIGRATION_LOCK, apply_pending, load_migrations
 from runlet.adapters.ledger_port import (
@@ -127,7 +128,7 @@ async def connect(
     return store
 
 
-class LedgerDb:
+class LedgerDb(Closing):
     """The server's ledger store; made by `connect`, used from the asyncio loop, closed once."""
 
     def __init__(self, pool: Any, where: Where, timeout: float) -> None:
@@ -149,12 +150,6 @@ class LedgerDb:
         except BaseException:
             self._pool.terminate()
             raise
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # --- schema ----------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Protocol, Self
 
 from runlet.protocol.addresses import valid_job_id, valid_name
@@ -99,12 +98,7 @@ class LedgerDbPort(Protocol):
         """Idempotent; calls made afterwards raise ClosedError."""
 
     async def __aenter__(self) -> Self: ...
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+    async def __aexit__(self, *exc_info: object) -> None: ...
     async def migrate(self) -> list[str]:
         """Bring the schema up to date; the versions applied now, in order."""
 

@@ -110,9 +110,12 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from runlet.client.commands import logs_job
+    from runlet.roots.reader import Reader
 
     config = _config(args)
-    return asyncio.run(logs_job(config, _fleet_key(config), args))
+    key = _fleet_key(config)
+    with Reader(config) as reader:  # this process's Sync Reconciler
+        return asyncio.run(logs_job(config, key, args, reader))
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

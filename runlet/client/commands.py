@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from runlet.client.follow import DETACHED, Follower, Options
 from runlet.client.session import Client, Submitted, Watch, exit_status, target_of
@@ -236,12 +237,24 @@ def unescape(text: str) -> bytes:
     return bytes(out)
 
 
-async def logs_job(config: Config, key: FleetKey, args: argparse.Namespace) -> int:
+class LogReader(Protocol):
+    """This process's Sync Reconciler, as the composition root offers it (runlet.roots.reader)."""
+
+    async def read(
+        self, job_id: str, path: Path, *, node: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[Path, str, bool]:  # fmt: skip
+        """(the copy to read, the rule's decision, whether it is finished); JobNotFound if none."""
+
+
+async def logs_job(
+    config: Config, key: FleetKey, args: argparse.Namespace, reader: LogReader
+) -> int:
     """`runlet logs`: a finished job's log through the reconciler, a running one from its node."""
     job_id = _job_id(args.job_id)
     vault_copy = config.data_dir / "vault" / f"{job_id}.rlog"
     local = vault_copy if vault_copy.exists() else config.data_dir / "logs" / f"{job_id}.rlog"
-    path = await _stored_log(config, job_id, local, node=args.node)
+    path = await _stored_log(config, reader, job_id, local, node=args.node)
     if path is not None:
         return _print_log(path, job_id, key, args)
     async with Client(config, key) as client:
@@ -261,26 +274,19 @@ async def logs_job(config: Config, key: FleetKey, args: argparse.Namespace) -> i
     return 0 if not args.follow else status
 
 
-async def _stored_log(config: Config, job_id: str, local: Path, *, node: str | None) -> Path | None:
+async def _stored_log(
+    config: Config, reader: LogReader, job_id: str, local: Path, *, node: str | None
+) -> Path | None:
     """The path of a finished copy of the log (local or fetched), or None to ask the nodes."""
-    from runlet.client.reconciler import local_log
-
-    if config.storage is None:
-        found = local_log(local)
-        return local if found is not None and found.final else None
-    from runlet.adapters.blobstore import BlobStore
-    from runlet.client.reconciler import reconcile
-
-    local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    async with BlobStore(config.storage, config.user) as store:
-        try:
-            path, decision = await reconcile(store, node, job_id, local, progress=_progress())
-        except JobNotFound:
-            return None
-    found = local_log(path)
-    if found is None or not found.final:
+    if config.storage is not None:
+        local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path, decision, final = await reader.read(job_id, local, node=node, progress=_progress())
+    except JobNotFound:
+        return None
+    if not final:
         return None  # only a checkpoint so far: the job runs, or its device died mid-job
-    if sys.stderr.isatty():
+    if config.storage is not None and sys.stderr.isatty():
         _err(f"log of {job_id}: {decision}")
     return path
 

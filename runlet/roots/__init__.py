@@ -1,1 +1,3 @@
-"""The composition roots: each builds one role from a config; the only importers of `actors`."""
+"""The composition roots: each builds one kind of process from a config (the daemon, the
+server, the log reader behind `runlet logs`, the admin commands); the only importers of
+`actors`."""

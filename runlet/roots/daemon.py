@@ -1,4 +1,4 @@
-"""The composition root of the daemon role; with `roots.server`, the only importer of `actors`.
+"""The composition root of the daemon role; with the other roots, the only importer of `actors`.
 
 It loads the fleet key, starts the I/O loop, the supervisor and the actors in dependency order,
 and runs until SIGTERM/SIGINT or until the supervisor gives up on a crashing actor.
@@ -15,13 +15,14 @@ from actors.governor import Governor
 from actors.job_queue import JobQueue
 from actors.log_vault import LogVault
 from actors.pty_session import PtySession
+from actors.sync_reconciler import SyncReconciler
 from runlet.config import Config
 from runlet.protocol.crypto import FleetKey
 from runlet.roots.role import Role, run_in_foreground
 from runlet.runtime.actor import Context, Router, start_supervisor, supervise
 from runlet.runtime.local_messages import StartSession
 from runlet.runtime.loop import LoopThread
-from runlet.runtime.names import GATEWAY, GOVERNOR, JOB_QUEUE, VAULT
+from runlet.runtime.names import GATEWAY, GOVERNOR, JOB_QUEUE, RECONCILER, VAULT
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +55,7 @@ class Daemon(Role):
         start_supervisor(ctx)
         supervise(ctx, GATEWAY, lambda: BrokerGateway.start(ctx))
         supervise(ctx, VAULT, lambda: LogVault.start(ctx))
+        supervise(ctx, RECONCILER, lambda: SyncReconciler.start(ctx))
         supervise(ctx, GOVERNOR, lambda: Governor.start(ctx))
         supervise(ctx, JOB_QUEUE, lambda: JobQueue.start(ctx))
         log.info(

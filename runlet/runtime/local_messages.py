@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from runlet.protocol.states import ExitStatus
@@ -295,3 +296,34 @@ class RetryJournal:
     state: str
     target: str
     details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLog:
+    """Ask the Sync Reconciler to make `path` the copy of `job_id`'s log to read, by its rule.
+
+    `node` is where the job ran, if known. `reply(LogRead)` is called once, from the
+    reconciler's thread: it must only hand the answer on (to a loop, a mailbox).
+    `progress(done, total)` is called on the I/O loop while a copy is fetched.
+    """
+
+    job_id: str
+    path: Path
+    reply: Callable[[LogRead], None]
+    node: str | None = None
+    progress: Callable[[int, int], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogRead:
+    """The Sync Reconciler read a log: the copy to read and the rule's decision, or why not.
+
+    `final` says whether that copy is a finished log. With `error` (JobNotFound when there is
+    no copy anywhere, BlobStoreUnavailable, StorageError, ConfigError) there is none to read.
+    """
+
+    job_id: str
+    path: Path
+    decision: str = ""
+    final: bool = False
+    error: Exception | None = None

@@ -6,7 +6,8 @@ Actors are threads (pykka); aio-pika needs an event loop. The seam has one rule 
   through `on_done`, which should `tell` the actor — an actor never blocks on the loop;
 - code on the loop talks to actors only with `tell`; it never waits on a pykka future.
 
-`run_sync` exists for the composition root and tests, never for actor handlers.
+`run_sync` exists for the composition roots, an actor's `on_stop` (closing its adapter) and
+tests, never for message handlers.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ JOB_QUEUE = "job_queue"
 GOVERNOR = "governor"
 VAULT = "vault"
 LEDGER = "ledger"
+RECONCILER = "reconciler"
 SESSION_PREFIX = "pty:"
 
 

@@ -27,26 +27,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from typing import Any, Self
 
+from runlet.adapters import ledger_port as port
+from runlet.adapters.closing import Closing
 from runlet.adapters.ledger_migrations import load_migrations
-from runlet.adapters.ledger_port import (
-    MAX_DETAIL,
-    MAX_TEXT,
-    MILESTONES,
-    JobRow,
-    NodeRow,
-    StateRow,
-    UserRow,
-    check_job,
-    check_limit,
-    check_log,
-    check_name,
-    check_state,
-    moment,
-    storable,
-)
+from runlet.adapters.ledger_port import JobRow, NodeRow, StateRow, UserRow
 from runlet.errors import ClosedError, DatabaseUnavailable, ProtocolError
 from runlet.protocol.messages import JobStateChanged, NodeHeartbeat
 from runlet.protocol.states import STATES
@@ -56,26 +43,7 @@ __all__ = ["MemoryLedgerDb"]
 _NODE, _SERVER = "node", "server"  # who reported a state; at one seq the node's comes first
 
 
-@dataclass(slots=True)
-class _Job:
-    """A row of `jobs`, changed in place as events come (`JobRow` without the log columns)."""
-
-    user: str
-    job_id: str
-    node: str
-    target: str
-    state: str
-    state_seq: int
-    queued_at: float | None
-    started_at: float | None
-    ended_at: float | None
-    exit_code: int | None
-    signal: int | None
-    detail: str | None
-    updated_at: float
-
-
-class MemoryLedgerDb:
+class MemoryLedgerDb(Closing):
     """The ledger's tables in dictionaries; everything is kept for the test to read."""
 
     def __init__(self) -> None:
@@ -87,7 +55,7 @@ class MemoryLedgerDb:
         self.calls: Counter[str] = Counter()  # port calls that got past their checks, by name
         self._lock = threading.RLock()
         self._states: dict[tuple[str, str, int, str], StateRow] = {}
-        self._jobs: dict[tuple[str, str], _Job] = {}
+        self._jobs: dict[tuple[str, str], JobRow] = {}  # without the log columns (`_logs`)
         self._logs: dict[tuple[str, str], tuple[str, str]] = {}
         self._nodes: dict[tuple[str, str], NodeRow] = {}
         self._users: dict[str, float] = {}
@@ -107,12 +75,6 @@ class MemoryLedgerDb:
     async def close(self) -> None:
         self.closed = True
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
     async def migrate(self) -> list[str]:
         wanted = load_migrations()
         with self._lock:
@@ -122,11 +84,11 @@ class MemoryLedgerDb:
             return pending
 
     async def record_state(self, user: str, event: JobStateChanged) -> bool:
-        check_name("user", user)
+        port.check_name("user", user)
         at = _seconds(event.at, f"time of job {event.job_id} seq {event.seq}", ProtocolError)
-        detail = storable(event.detail, MAX_DETAIL)
-        target = storable(event.target, MAX_TEXT) or ""
-        queued, started, ended = (at if event.state in s else None for s in MILESTONES)
+        detail = port.storable(event.detail, port.MAX_DETAIL)
+        target = port.storable(event.target, port.MAX_TEXT) or ""
+        queued, started, ended = (at if event.state in s else None for s in port.MILESTONES)
         with self._lock:
             self._reach("record_state")
             key = (user, event.job_id, event.seq, _NODE)
@@ -137,38 +99,32 @@ class MemoryLedgerDb:
             )
             job = self._jobs.get((user, event.job_id))
             if job is None:
-                self._jobs[user, event.job_id] = _Job(
-                    user=user,
-                    job_id=event.job_id,
-                    node=event.node,
-                    target=target,
-                    state=event.state,
-                    state_seq=event.seq,
-                    queued_at=queued,
-                    started_at=started,
-                    ended_at=ended,
-                    exit_code=event.exit_code,
-                    signal=event.signal,
-                    detail=detail,
-                    updated_at=at,
-                )
-                return True
-            job.target = job.target or target
-            job.queued_at = _least(job.queued_at, queued)
-            job.started_at = _least(job.started_at, started)
-            if event.seq > job.state_seq:
-                job.node, job.state, job.state_seq = event.node, event.state, event.seq
-                job.ended_at, job.exit_code, job.signal = ended, event.exit_code, event.signal
-                job.detail, job.updated_at = detail, at
+                job = JobRow(
+                    user, event.job_id, event.node, target, event.state, event.seq,
+                    queued, started, ended, event.exit_code, event.signal, detail,
+                    log_key=None, log_hash=None, updated_at=at,
+                )  # fmt: skip
+            elif event.seq > job.state_seq:
+                job = replace(
+                    job, node=event.node, state=event.state, state_seq=event.seq,
+                    ended_at=ended, exit_code=event.exit_code, signal=event.signal,
+                    detail=detail, updated_at=at,
+                )  # fmt: skip
+            self._jobs[user, event.job_id] = replace(
+                job,
+                target=job.target or target,
+                queued_at=_least(job.queued_at, queued),
+                started_at=_least(job.started_at, started),
+            )
             return True
 
     async def record_presence(
         self, user: str, beat: NodeHeartbeat, *, received_at: float | None = None
     ) -> None:
-        check_name("user", user)
+        port.check_name("user", user)
         seen = _seconds(time.time() if received_at is None else received_at, "received_at")
-        platform = storable(beat.platform, MAX_TEXT) or ""
-        version = storable(beat.version, MAX_TEXT) or ""
+        platform = port.storable(beat.platform, port.MAX_TEXT) or ""
+        version = port.storable(beat.version, port.MAX_TEXT) or ""
         counts = (max(beat.running, 0), max(beat.queued, 0))
         row = NodeRow(beat.node, platform, version, tuple(beat.tags), seen, *counts, online=True)
         with self._lock:
@@ -178,11 +134,11 @@ class MemoryLedgerDb:
     async def mark_lost(
         self, user: str, node: str, at: float, reason: str, *, seen_before: float | None = None
     ) -> list[str]:
-        check_name("user", user)
-        check_name("node", node)
+        port.check_name("user", user)
+        port.check_name("node", node)
         when = _seconds(at, "at")
         before = None if seen_before is None else _seconds(seen_before, "seen_before")
-        detail = storable(reason, MAX_DETAIL)
+        detail = port.storable(reason, port.MAX_DETAIL)
         with self._lock:
             self._reach("mark_lost")
             known = self._nodes.get((user, node))
@@ -197,8 +153,10 @@ class MemoryLedgerDb:
                 key=_job_id,
             )
             for job in lost:
-                job.state, job.ended_at, job.updated_at = "lost", when, when
-                job.exit_code, job.signal, job.detail = None, None, detail
+                self._jobs[user, job.job_id] = replace(
+                    job, state="lost", ended_at=when, updated_at=when,
+                    exit_code=None, signal=None, detail=detail,
+                )  # fmt: skip
                 row = StateRow(job.state_seq, "lost", when, node, None, None, detail)
                 self._states.setdefault((user, job.job_id, job.state_seq, _SERVER), row)
             if known is not None:
@@ -206,9 +164,9 @@ class MemoryLedgerDb:
             return [job.job_id for job in lost]
 
     async def set_log(self, user: str, job_id: str, key: str, hash: str) -> None:
-        check_name("user", user)
-        check_job(job_id)
-        check_log(job_id, key, hash)
+        port.check_name("user", user)
+        port.check_job(job_id)
+        port.check_log(job_id, key, hash)
         with self._lock:
             self._reach("set_log")
             self._logs[user, job_id] = (key, hash)
@@ -222,21 +180,16 @@ class MemoryLedgerDb:
             )
 
     async def jobs(
-        self,
-        user: str,
-        *,
-        node: str | None = None,
-        state: str | None = None,
-        since: float | None = None,
-        limit: int = 100,
-    ) -> list[JobRow]:
-        check_name("user", user)
+        self, user: str, *, node: str | None = None, state: str | None = None,
+        since: float | None = None, limit: int = 100,
+    ) -> list[JobRow]:  # fmt: skip
+        port.check_name("user", user)
         if node is not None:
-            check_name("node", node)
+            port.check_name("node", node)
         if state is not None:
-            check_state(state)
+            port.check_state(state)
         after = None if since is None else _seconds(since, "since")
-        check_limit(limit)
+        port.check_limit(limit)
         with self._lock:
             self._reach("jobs")
             rows = [
@@ -251,8 +204,8 @@ class MemoryLedgerDb:
         return rows[:limit]
 
     async def job(self, user: str, job_id: str) -> tuple[JobRow, list[StateRow]] | None:
-        check_name("user", user)
-        check_job(job_id)
+        port.check_name("user", user)
+        port.check_job(job_id)
         with self._lock:
             self._reach("job")
             job = self._jobs.get((user, job_id))
@@ -264,13 +217,13 @@ class MemoryLedgerDb:
             return self._row(job), [row for _, row in history]
 
     async def nodes(self, user: str) -> list[NodeRow]:
-        check_name("user", user)
+        port.check_name("user", user)
         with self._lock:
             self._reach("nodes")
             return sorted((row for (u, _), row in self._nodes.items() if u == user), key=_name)
 
     async def add_user(self, name: str) -> bool:
-        check_name("user", name)
+        port.check_name("user", name)
         with self._lock:
             self._reach("add_user")
             if name in self._users:
@@ -279,7 +232,7 @@ class MemoryLedgerDb:
             return True
 
     async def remove_user(self, name: str) -> bool:
-        check_name("user", name)
+        port.check_name("user", name)
         with self._lock:
             self._reach("remove_user")
             return self._users.pop(name, None) is not None
@@ -307,14 +260,14 @@ class MemoryLedgerDb:
         if self.down:
             raise DatabaseUnavailable("the database is down (MemoryLedgerDb.down)")
 
-    def _row(self, job: _Job) -> JobRow:
+    def _row(self, job: JobRow) -> JobRow:
         key, hash = self._logs.get((job.user, job.job_id), (None, None))
-        return JobRow(**{**asdict(job), "log_key": key, "log_hash": hash})
+        return replace(job, log_key=key, log_hash=hash)
 
 
 def _seconds(value: float, what: str, error: type[Exception] = ValueError) -> float:
     """`value` as the real store gives it back: checked, to the microsecond."""
-    return moment(value, what, error).timestamp()
+    return port.moment(value, what, error).timestamp()
 
 
 def _least(old: float | None, new: float | None) -> float | None:
@@ -326,5 +279,5 @@ def _name(row: NodeRow) -> str:
     return row.name
 
 
-def _job_id(job: _Job) -> str:
+def _job_id(job: JobRow) -> str:
     return job.job_id

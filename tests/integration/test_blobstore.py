@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -15,20 +13,14 @@ from typing import Any, BinaryIO, TypeVar
 
 import pytest
 
-from runlet.adapters import blobstore
-from runlet.adapters.blobstore import (
-    BlobStore,
-    RemoteLog,
-    hash_file,
-    index_key,
-    load_credentials,
-    object_key,
-)
+from actors.sync_reconciler import Decision, reconcile
+from runlet.adapters.blob_port import BlobStorePort
+from runlet.adapters.blobstore import BlobStore, RemoteLog, files
 from runlet.adapters.logfile import LogWriter, Record, seal_output
-from runlet.client.reconciler import Decision, reconcile
 from runlet.config import StorageConfig
-from runlet.errors import BlobStoreUnavailable, ClosedError, ConfigError, StorageError
+from runlet.errors import BlobStoreUnavailable
 from runlet.protocol.crypto import FleetKey
+from tests.blob_contract import SCENARIOS, Scenario, scenario_id
 from tests.integration.s3 import (
     MOTO_KEY,
     MotoServer,
@@ -100,185 +92,20 @@ def elapsed(since: float) -> float:
     return time.monotonic() - since
 
 
-# --- keys and credentials (no network) -----------------------------------------------------
+# --- the contract the in-memory fake keeps too (tests/blob_contract.py) ---------------------
 
 
-def test_keys_follow_the_layout() -> None:
-    """Logs live at <user>/<node>/<job>.rlog and the index at <user>/by-job/<job>."""
-    assert object_key(USER, NODE, JOB) == f"alice/edge-1/{JOB}.rlog"
-    assert object_key(USER, NODE, f"{JOB}.edge-2") == f"alice/edge-1/{JOB}.edge-2.rlog"
-    assert index_key(USER, JOB) == f"alice/by-job/{JOB}"
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=scenario_id)
+def test_s3_keeps_the_contract(scenario: Scenario, s3_server: str, tmp_path: Path) -> None:
+    """Each scenario of the blob store contract passes on S3, as it does on the fake."""
+
+    def make() -> BlobStorePort:
+        return BlobStore(make_storage_config(s3_server, tmp_path), USER)
+
+    run(scenario(make, tmp_path))
 
 
-@pytest.mark.parametrize(
-    ("user", "node", "job"),
-    [("a/b", NODE, JOB), (USER, "..", JOB), (USER, NODE, "../../etc"), (USER, NODE, "")],
-)
-def test_keys_refuse_ids_that_could_escape(user: str, node: str, job: str) -> None:
-    """No user, node or job id can add a '/' or '..' to a key."""
-    with pytest.raises(ValueError, match="not a"):
-        object_key(user, node, job)
-
-
-def write_credentials(path: Path, text: str, mode: int = 0o600) -> Path:
-    path.write_text(text)
-    path.chmod(mode)
-    return path
-
-
-def test_credentials_are_read(tmp_path: Path) -> None:
-    """A private TOML file with both keys gives them back in order."""
-    path = write_credentials(
-        tmp_path / "c.toml", 'access_key_id = "AKIA1"\nsecret_access_key = "s3cret/+x"\n'
-    )
-    assert load_credentials(path) == ("AKIA1", "s3cret/+x")
-
-
-@pytest.mark.parametrize(
-    ("text", "problem"),
-    [
-        ('access_key_id = "AKIA1"\n', "lacks secret_access_key"),
-        ('secret_access_key = "s3cret"\n', "lacks access_key_id"),
-        ('access_key_id = "A"\nsecret_access_key = "s3cret"\nsession = "x"\n', "other than"),
-        ('access_key_id = "A"\nsecret_access_key = ""\n', "non-empty"),
-        ('access_key_id = "A"\nsecret_access_key = 7\n', "non-empty"),
-        ('access_key_id = "A B"\nsecret_access_key = "s3cret"\n', "without spaces"),
-        ('access_key_id = "A"\nsecret_access_key = "s3cret\\n"\n', "without spaces"),
-        ("access_key_id = s3cret garbage\n", "not a TOML file"),
-        ("", "lacks"),
-    ],
-)
-def test_bad_credentials_are_config_errors(tmp_path: Path, text: str, problem: str) -> None:
-    """Each malformed credentials file is a ConfigError that never echoes the secret."""
-    path = write_credentials(tmp_path / "c.toml", text)
-    with pytest.raises(ConfigError) as info:
-        load_credentials(path)
-    assert info.value.key == "storage.credentials_file"
-    assert info.value.source == str(path)
-    assert problem in info.value.problem
-    assert "s3cret" not in str(info.value)
-
-
-@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
-def test_credentials_open_to_others_are_refused(tmp_path: Path, mode: int) -> None:
-    """Like the fleet key, a credentials file others can read is refused with the fix."""
-    path = write_credentials(
-        tmp_path / "c.toml", 'access_key_id = "A"\nsecret_access_key = "s3cret"\n', mode
-    )
-    with pytest.raises(ConfigError, match="chmod 600"):
-        load_credentials(path)
-
-
-def test_missing_oversize_and_odd_credentials_files(tmp_path: Path) -> None:
-    """A missing, oversize, binary or non-regular credentials file is a clear ConfigError."""
-    with pytest.raises(ConfigError, match="not found"):
-        load_credentials(tmp_path / "nope.toml")
-    big = write_credentials(tmp_path / "big.toml", "#" * (blobstore.MAX_CREDENTIALS_BYTES + 1))
-    with pytest.raises(ConfigError, match="over"):
-        load_credentials(big)
-    binary = tmp_path / "bin.toml"
-    binary.write_bytes(b"\xff\xfe\x00s3cret")
-    binary.chmod(0o600)
-    with pytest.raises(ConfigError, match="UTF-8"):
-        load_credentials(binary)
-    folder = tmp_path / "dir"
-    folder.mkdir(mode=0o700)
-    with pytest.raises(ConfigError, match="regular file"):
-        load_credentials(folder)
-    if hasattr(os, "mkfifo"):
-        os.mkfifo(tmp_path / "fifo", 0o600)
-        with pytest.raises(ConfigError, match="regular file"):
-            load_credentials(tmp_path / "fifo")  # refused at once, never waiting for a writer
-
-
-def test_final_upload_needs_a_sane_finish_time(tmp_path: Path) -> None:
-    """put_log refuses a final log without a finish time, or with a time that is no time."""
-    config = make_storage_config("http://127.0.0.1:9", tmp_path)
-
-    async def scenario() -> None:
-        async with BlobStore(config, USER) as store:
-            with pytest.raises(ValueError, match="finish time"):
-                await store.put_log(NODE, JOB, tmp_path, finished_at=None, final=True)
-            for bad in (math.nan, math.inf, -1.0):
-                with pytest.raises(ValueError, match="unix time"):
-                    await store.put_log(NODE, JOB, tmp_path, finished_at=bad, final=True)
-
-    run(scenario())
-
-
-def test_store_must_be_opened_and_stays_closed(tmp_path: Path) -> None:
-    """A store refuses use before open and after close; close is idempotent."""
-    config = make_storage_config("http://127.0.0.1:9", tmp_path)
-
-    async def scenario() -> None:
-        store = BlobStore(config, USER)
-        with pytest.raises(ClosedError, match="not open"):
-            await store.head_log(NODE, JOB)
-        await store.open()
-        await store.open()
-        await store.close()
-        await store.close()
-        with pytest.raises(ClosedError, match="closed"):
-            await store.head_log(NODE, JOB)
-        with pytest.raises(ClosedError):
-            await store.open()
-
-    run(scenario())
-
-
-def test_bad_credentials_file_fails_open(tmp_path: Path) -> None:
-    """Opening a store whose credentials file is open to others fails before any request."""
-    config = make_storage_config("http://127.0.0.1:9", tmp_path)
-    assert config.credentials_file is not None
-    config.credentials_file.chmod(0o644)
-    with pytest.raises(ConfigError, match=r"storage\.credentials_file"):
-        run(BlobStore(config, USER).open())
-
-
-# --- round trips ---------------------------------------------------------------------------
-
-
-def test_put_head_get_round_trip(storage_config: StorageConfig, tmp_path: Path) -> None:
-    """A log goes up and comes back byte for byte, with its hash, finish time and final flag."""
-    source = tmp_path / "vault" / f"{JOB}.rlog"
-    data = write_log(source)
-    dest = tmp_path / "elsewhere" / f"{JOB}.rlog"
-
-    async def scenario() -> tuple[RemoteLog, RemoteLog | None, RemoteLog]:
-        async with opened(storage_config) as store:
-            put = await store.put_log(
-                NODE, JOB, source, hash=hash_file(source), finished_at=FINISHED, final=True
-            )
-            head = await store.head_log(NODE, JOB)
-            got = await store.get_log(NODE, JOB, dest)
-            return put, head, got
-
-    put, head, got = run(scenario())
-    assert put == head == got
-    assert put.key == object_key(USER, NODE, JOB)
-    assert (put.size, put.hash) == (len(data), hash_file(source))
-    assert (put.finished_at, put.final) == (FINISHED, True)
-    assert abs(put.last_modified - time.time()) < 120
-    assert dest.read_bytes() == data
-    assert dest.stat().st_mtime_ns / 1_000_000_000 == FINISHED
-    assert [p.name for p in dest.parent.iterdir()] == [dest.name]  # no temporary file left
-
-
-def test_checkpoint_has_no_finish_time(storage_config: StorageConfig, tmp_path: Path) -> None:
-    """A running job's checkpoint is stored as not final, without a finish time."""
-    source = tmp_path / f"{JOB}.rlog"
-    write_log(source, final=False)
-    dest = tmp_path / "copy.rlog"
-
-    async def scenario() -> RemoteLog:
-        async with opened(storage_config) as store:
-            await store.put_log(NODE, JOB, source, finished_at=None, final=False)
-            return await store.get_log(NODE, JOB, dest)
-
-    remote = run(scenario())
-    assert (remote.finished_at, remote.final) == (None, False)
-    assert dest.stat().st_mtime == remote.last_modified  # a checkpoint's time: its upload
+# --- what only a real store shows ----------------------------------------------------------
 
 
 def test_upload_sends_the_snapshot_that_was_hashed(
@@ -287,7 +114,7 @@ def test_upload_sends_the_snapshot_that_was_hashed(
     """Bytes appended after the log was hashed are not sent: the object matches its hash."""
     source = tmp_path / f"{JOB}.rlog"
     data = write_log(source, final=False)
-    snapshot = blobstore._snapshot
+    snapshot = files.snapshot
 
     def snapshot_then_append(f: BinaryIO, path: Path) -> tuple[int, str]:
         taken = snapshot(f, path)
@@ -295,7 +122,7 @@ def test_upload_sends_the_snapshot_that_was_hashed(
             writer.write(b"\x01" * 100_000)
         return taken
 
-    monkeypatch.setattr(blobstore, "_snapshot", snapshot_then_append)
+    monkeypatch.setattr(files, "snapshot", snapshot_then_append)
 
     async def scenario() -> RemoteLog:
         async with opened(storage_config) as store:
@@ -305,82 +132,6 @@ def test_upload_sends_the_snapshot_that_was_hashed(
     remote = run(scenario())
     assert remote.size == len(data)
     assert (tmp_path / "copy.rlog").read_bytes() == data
-
-
-def test_hash_that_does_not_match_is_not_uploaded(
-    storage_config: StorageConfig, tmp_path: Path
-) -> None:
-    """A hash given for a log that has changed since stops the upload."""
-    source = tmp_path / f"{JOB}.rlog"
-    write_log(source)
-
-    async def scenario() -> RemoteLog | None:
-        async with opened(storage_config) as store:
-            with pytest.raises(StorageError, match="changed after it was hashed"):
-                await store.put_log(NODE, JOB, source, hash="0" * 64, finished_at=1.0, final=True)
-            return await store.head_log(NODE, JOB)
-
-    assert run(scenario()) is None
-
-
-def test_index_names_the_node(storage_config: StorageConfig, tmp_path: Path) -> None:
-    """find_node reads the node from the job's index object; an unknown job has none."""
-    source = tmp_path / f"{JOB}.rlog"
-    write_log(source)
-
-    async def scenario() -> tuple[str | None, str | None]:
-        async with opened(storage_config) as store:
-            await store.put_log("rpi-7", JOB, source, finished_at=FINISHED, final=True)
-            return await store.find_node(JOB), await store.find_node(OTHER_JOB)
-
-    assert run(scenario()) == ("rpi-7", None)
-
-
-def test_missing_log_is_none(storage_config: StorageConfig) -> None:
-    """head_log of a log the store does not hold is None, not an error."""
-
-    async def scenario() -> RemoteLog | None:
-        async with opened(storage_config) as store:
-            return await store.head_log(NODE, OTHER_JOB)
-
-    assert run(scenario()) is None
-
-
-def test_deleted_log_is_gone(storage_config: StorageConfig, tmp_path: Path) -> None:
-    """delete_log removes the log and its index; deleting again does nothing."""
-    source = tmp_path / f"{JOB}.rlog"
-    write_log(source)
-
-    async def scenario() -> tuple[RemoteLog | None, str | None]:
-        async with opened(storage_config) as store:
-            await store.put_log(NODE, JOB, source, finished_at=FINISHED, final=True)
-            await store.delete_log(NODE, JOB)
-            await store.delete_log(NODE, JOB)
-            return await store.head_log(NODE, JOB), await store.find_node(JOB)
-
-    assert run(scenario()) == (None, None)
-
-
-def test_progress_grows_to_the_total(storage_config: StorageConfig, tmp_path: Path) -> None:
-    """progress(done, total) starts at 0, grows with each chunk and ends at the total."""
-    source = tmp_path / f"{JOB}.rlog"
-    data = write_log(source, lines=5, size=60_000)
-    seen: list[tuple[int, int]] = []
-
-    async def scenario() -> None:
-        async with opened(storage_config) as store:
-            await store.put_log(NODE, JOB, source, finished_at=FINISHED, final=True)
-            await store.get_log(
-                NODE, JOB, tmp_path / "copy.rlog", progress=lambda *args: seen.append(args)
-            )
-
-    run(scenario())
-    done = [d for d, _ in seen]
-    assert {total for _, total in seen} == {len(data)}
-    assert done[0] == 0
-    assert done[-1] == len(data)
-    assert len(done) > 3
-    assert all(a < b for a, b in itertools.pairwise(done))
 
 
 def test_corrupt_remote_copy_is_refused(storage_config: StorageConfig, tmp_path: Path) -> None:
@@ -565,7 +316,8 @@ def reconcile_with(
 ) -> tuple[Path, Decision]:
     async def scenario() -> tuple[Path, Decision]:
         async with opened(config, create=False) as store:
-            return await reconcile(store, node, JOB, path)
+            found: tuple[Path, Decision] = await reconcile(store, node, JOB, path)
+            return found
 
     return run(scenario())
 

@@ -21,6 +21,7 @@ from runlet.client.session import Client
 from runlet.config import StorageConfig, load_config
 from runlet.protocol.addresses import new_job_id
 from runlet.protocol.payloads import JobSpec
+from runlet.roots.reader import Reader
 from tests.integration.s3 import MotoServer, make_storage_config
 from tests.support import EVENT_SECONDS, STARTUP_SECONDS, Fleet, follow_to_end, run, wait_for
 
@@ -124,7 +125,8 @@ def read_logs(fleet: Fleet, node: str, job_id: str, **overrides: object) -> tupl
     err = io.StringIO()
     with captured_stdout() as out, redirect_stderr(err):
         config = load_config(fleet.root / f"{node}.toml", env={})  # as written, [storage] included
-        status = run(logs_job(config, fleet.key, logs_args(job_id, **overrides)))
+        with Reader(config) as reader:  # as `runlet logs` runs it: with its own Sync Reconciler
+            status = run(logs_job(config, fleet.key, logs_args(job_id, **overrides), reader))
     return status, out.getvalue(), err.getvalue()
 
 

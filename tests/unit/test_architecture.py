@@ -9,7 +9,7 @@ Import rules are folder rules. From the bottom up:
     runlet/client/     session, follow, commands, queries, logs    + protocol, adapters
     actors/            one module per actor                        + protocol, runtime, adapters
     runlet/testing/    public fakes of the adapters                + protocol, adapters
-    runlet/roots/      daemon, server, admin                       anything; only they import actors
+    runlet/roots/      daemon, server, admin, reader               anything; only they import actors
     runlet/cli/        the command line: parser, commands          anything but actors
 
 Besides: actors never import one another; only adapters import aio-pika/aiormq, asyncpg,
@@ -247,6 +247,12 @@ def test_each_folder_imports_only_the_layers_below_it(path: Path) -> None:
         ("runlet.errors", "runlet.protocol.wire", False),
         ("runlet.cli", "actors.job_queue", False),
         ("runlet.roots.daemon", "actors.job_queue", True),
+        ("runlet.roots.reader", "actors.sync_reconciler", True),
+        ("runlet.client.commands", "runlet.roots.reader", False),
+        ("runlet.client.commands", "actors.sync_reconciler", False),
+        ("runlet.cli.commands", "runlet.roots.reader", True),
+        ("runlet.testing.blob_store", "runlet.adapters.blob_port", True),
+        ("runlet.testing.blob_store", "runlet.runtime.actor", False),
     ],
 )
 def test_the_layer_rule_itself(importer: str, imported: str, ok: bool) -> None:

@@ -9,10 +9,12 @@ vault (which `logs` does without connecting when no object store is configured).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from runlet.adapters.logfile import LogWriter, Record, seal_output
 from runlet.adapters.rabbitmq_admin import Account
@@ -24,12 +26,15 @@ JOB = "0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No RUNLET_* variable from the outside leaks in, and logging is not reconfigured."""
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No RUNLET_* variable from the outside leaks in, and logging is not reconfigured: what is
+    logged is captured, as a client's log lines never reach its stdout."""
     for name in list(os.environ):
         if name.startswith("RUNLET_"):
             monkeypatch.delenv(name)
     monkeypatch.setattr("runlet.logging.configure", lambda *args, **kwargs: None)
+    with structlog.testing.capture_logs():
+        yield
 
 
 def write_config(folder: Path, *, role: str = "client", sections: str = "") -> Path:

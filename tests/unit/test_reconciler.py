@@ -1,4 +1,4 @@
-"""The Sync Reconciler (client.reconciler): which copy of a log is read, and when one is fetched."""
+"""The Sync Reconciler's rule: which copy of a log is read, and when one is fetched."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from runlet.adapters.blobstore import RemoteLog, hash_file
-from runlet.adapters.logfile import LogWriter, Record, seal_output
-from runlet.client.reconciler import (
+from actors.sync_reconciler import (
     Decision,
     LocalLog,
     decide,
@@ -23,6 +21,8 @@ from runlet.client.reconciler import (
     reconcile,
     remote_is_newer,
 )
+from runlet.adapters.blobstore import RemoteLog, hash_file
+from runlet.adapters.logfile import LogWriter, Record, seal_output
 from runlet.errors import BlobStoreUnavailable, JobNotFound, StorageError
 from runlet.protocol.crypto import FleetKey
 

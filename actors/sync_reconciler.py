@@ -1,5 +1,11 @@
 """The Sync Reconciler: which copy of a job's log to read, the local or the remote one.
 
+The actor (`SyncReconciler`, named `runtime.names.RECONCILER`) runs in every process that reads
+logs: the daemon and the reader root behind `runlet logs`. Asked `ReadLog`, it applies the
+rule below on the I/O loop with its process's blob store and answers `LogRead`; it reads one
+job's log at a time (a second ask for the same job waits for the first, then finds the copy
+in place), different jobs at once.
+
 The rule (DESIGN.md §6, the paper's):
 
 1. no local copy → fetch the remote copy and read that;
@@ -24,29 +30,45 @@ copy is read unchecked (`Decision.UNCHECKED`) rather than failing the read.
 
 This module never decrypts and never deletes a log; a replaced local copy is swapped in
 whole by the store's download, or left as it was.
+
+Its seam, in `ctx.services`: `blob_store_factory` (default `runlet.adapters.blobstore.BlobStore`;
+a test passes a `runlet.testing.MemoryBlobStore`'s `factory`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
 import os
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
-from runlet.adapters.blobstore import RemoteLog, hash_file
+from runlet.adapters.blob_port import BlobStorePort, Progress, RemoteLog, hash_file, remote_time
+from runlet.adapters.blobstore import BlobStore
 from runlet.adapters.logfile import scan_log
-from runlet.errors import BlobStoreUnavailable, JobNotFound, StorageError
+from runlet.config import StorageConfig
+from runlet.errors import BlobStoreUnavailable, ClosedError, JobNotFound, RunletError, StorageError
+from runlet.runtime.actor import Actor, Context
+from runlet.runtime.local_messages import LogRead, ReadLog
+from runlet.runtime.names import RECONCILER
 
-__all__ = ["Decision", "LocalLog", "LogStore", "decide", "local_log", "reconcile"]
+__all__ = [
+    "Decision",
+    "LocalLog",
+    "LogStore",
+    "SyncReconciler",
+    "decide",
+    "local_log",
+    "reconcile",
+    "remote_is_newer",
+]
 
 log = structlog.get_logger(__name__)
-
-Progress = Callable[[int, int], None]
 
 
 class Decision(enum.StrEnum):
@@ -104,11 +126,6 @@ def local_log(path: Path) -> LocalLog | None:
     else:
         final = scan.finished and scan.intact
     return LocalLog(path=path, hash=digest, finished_at=mtime, final=final)
-
-
-def remote_time(remote: RemoteLog) -> float:
-    """When the remote log was finished, or last uploaded if it is a checkpoint."""
-    return remote.finished_at if remote.finished_at is not None else remote.last_modified
 
 
 def remote_is_newer(local: LocalLog, remote: RemoteLog) -> bool:
@@ -171,3 +188,88 @@ async def _find_remote(
         if node is None:
             return None, None
     return await store.head_log(node, job_id), node
+
+
+# --- the actor ---------------------------------------------------------------------------------
+
+
+class SyncReconciler(Actor):
+    """Answers `ReadLog` by the rule, with this process's blob store (none without `[storage]`)."""
+
+    def __init__(self, ctx: Context, name: str = RECONCILER) -> None:
+        super().__init__(ctx, name)
+        self.storage: StorageConfig | None = getattr(ctx.settings, "storage", None)
+        self.make_store = ctx.services.get("blob_store_factory", BlobStore)
+        self.store: BlobStorePort | None = None
+        self.asks: dict[str, deque[ReadLog]] = {}  # by job: the one being read first
+
+    def started(self) -> None:
+        if self.storage is not None:
+            self.store = self.make_store(self.storage, self.ctx.settings.user)
+
+    def on_stop(self) -> None:
+        for asks in self.asks.values():
+            for ask in asks:
+                _answer(ask, LogRead(ask.job_id, ask.path, error=ClosedError("no log reader")))
+        self.asks.clear()
+        if self.store is not None and not self.ctx.loop.closed:
+            try:
+                self.ctx.loop.run_sync(self.store.close(), 5)
+            except (concurrent.futures.TimeoutError, RunletError):
+                self.log.warning("store_close_timed_out")
+
+    def handle(self, message: object) -> None:
+        match message:
+            case ReadLog(job_id=job_id):
+                asks = self.asks.setdefault(job_id, deque())
+                asks.append(message)
+                if len(asks) == 1:
+                    self._read(message)
+            case LogRead(job_id=job_id) if self.asks.get(job_id):
+                asks = self.asks[job_id]
+                _answer(asks.popleft(), message)
+                if asks:
+                    self._read(asks[0])
+                else:
+                    del self.asks[job_id]
+            case _:
+                self.unexpected(message)
+
+    def _read(self, ask: ReadLog) -> None:
+        ref = self.actor_ref
+
+        def done(future: concurrent.futures.Future[LogRead]) -> None:
+            try:
+                answer = future.result()
+            except concurrent.futures.CancelledError:  # the loop is closing
+                answer = LogRead(ask.job_id, ask.path, error=ClosedError("the read was cancelled"))
+            except Exception as exc:  # noqa: BLE001 - every failure is the asker's to see
+                answer = LogRead(ask.job_id, ask.path, error=exc)
+            _tell(ref, answer)
+
+        try:
+            self.ctx.loop.submit(_read(self.store, ask), done)
+        except ClosedError as exc:
+            _tell(ref, LogRead(ask.job_id, ask.path, error=exc))
+
+
+async def _read(store: BlobStorePort | None, ask: ReadLog) -> LogRead:
+    if store is not None:
+        await store.open()
+    path, decision = await reconcile(store, ask.node, ask.job_id, ask.path, progress=ask.progress)
+    found = await asyncio.to_thread(local_log, path)
+    return LogRead(ask.job_id, path, str(decision), final=found is not None and found.final)
+
+
+def _answer(ask: ReadLog, answer: LogRead) -> None:
+    try:
+        ask.reply(answer)
+    except Exception:  # a reply that fails must not take the reconciler down
+        log.exception("log_reply_failed", job=ask.job_id)
+
+
+def _tell(ref: Any, message: object) -> None:
+    try:
+        ref.tell(message)
+    except Exception:  # noqa: BLE001 - the reconciler stopped meanwhile; it answered on stop
+        return
