@@ -55,6 +55,7 @@ class PosixPty:
         self._pid = pid
         self._fd = fd
         self._status: ExitStatus | None = None
+        self._pidfd: int | None = None  # made by exit_fd(), closed by close()
         self._lock = threading.Lock()  # makes reaping and signalling mutually exclusive
 
     def __repr__(self) -> str:
@@ -105,6 +106,16 @@ class PosixPty:
                     self._status = _decode_wait_status(raw)
             return self._status
 
+    def exit_fd(self) -> int | None:
+        with self._lock:
+            if self._pidfd is None and self._status is None and self._fd >= 0:
+                # only while unreaped: a reaped pid may already name somebody else
+                try:
+                    self._pidfd = os.pidfd_open(self._pid)
+                except (AttributeError, OSError):  # macOS, Linux < 5.3
+                    return None
+            return self._pidfd
+
     def wait(self, timeout: float | None = None) -> ExitStatus | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -124,7 +135,10 @@ class PosixPty:
             if self._status is None:
                 with suppress(ProcessLookupError):
                     os.killpg(self._pid, signal.SIGKILL)
+            pidfd, self._pidfd = self._pidfd, None
         os.close(fd)
+        if pidfd is not None:
+            os.close(pidfd)
         # Someone else reaping it leaves nothing for close() to do.
         with suppress(JobError):
             self.wait(REAP_TIMEOUT)
