@@ -251,6 +251,8 @@ class BrokerGateway(Actor):
         try:
             ping = wire.decode_as(incoming.body, Ping)
         except ProtocolError:
+            # a replay request: the vault must hold every chunk published before it is asked
+            self.ctx.plane.flush_stores()
             await self._rpc_other(incoming)
             return
         await incoming.ack()
@@ -404,10 +406,13 @@ class BrokerGateway(Actor):
                 )
                 await self.broker.consume(spec, self._job_handler(job_id, "control"))
             if message.input:
+                # no acks: it dies with the connection, so an ack would keep nothing, and it
+                # would cost a frame on every keystroke's way (a refusal is still dead-lettered)
                 spec = QueueSpec(
                     addresses.job_queue(self.user, job_id, "input", suffix),
                     "exclusive",
                     (addresses.input_key(job_id),),
+                    acks=False,
                 )
                 await self.broker.consume(spec, self._input_handler(job_id))
         except BrokerUnavailable as exc:

@@ -10,9 +10,10 @@ loop (DESIGN §1, "The data plane").
   callback. A delivery that reaches the mailbox instead (no sink yet) is handled the same way.
 - Output: a small pump reads the PTY on the loop and coalesces reads by size and time — a
   lone keystroke's echo leaves at once, a flood leaves in 64 KiB chunks — and the session,
-  still on the loop, seals each chunk, tells the Log Vault to store it, and hands its publish
-  to the Gateway's output sink. The pump stops reading while too many bytes are unstored by
-  the vault or unsent by the Gateway (backpressure), so mailboxes and buffers stay small.
+  still on the loop, seals each chunk and hands its publish to the Gateway's output sink; the
+  Log Vault is told to store it once it has left (see `_store`). The pump stops reading
+  while too many bytes are unstored by the vault or unsent by the Gateway (backpressure), so
+  mailboxes and buffers stay small.
 - Exit: watched, not polled, where the PTY gives an exit fd (a pidfd on Linux).
 
 The child's PTY comes from the `spawn` service when there is one (a test's fake PTY), else from
@@ -22,6 +23,7 @@ clock.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Callable
@@ -58,6 +60,8 @@ from runlet.runtime.local_messages import (
 from runlet.runtime.loop import LoopTimer
 from runlet.runtime.names import GATEWAY, JOB_QUEUE, SUPERVISOR, VAULT
 
+STORE_WITHIN = 0.02  # seconds: a chunk is handed to the vault this soon at the latest
+
 
 class PtySession(Actor):
     """One job's child process and terminal."""
@@ -75,6 +79,8 @@ class PtySession(Actor):
         self.seen_input: dict[str, int] = {}  # on the loop only
         self.output_topic = addresses.output_key(self.job_id)
         self.timers: list[LoopTimer] = []
+        self.unstored: list[OutputSealed] = []  # emitted, not yet told to the vault (loop only)
+        self.store_timer: asyncio.TimerHandle | None = None
         self.ending: str | None = None
         self.ended_by: str | None = None
         self.done = False
@@ -178,10 +184,13 @@ class PtySession(Actor):
     def _plug(self, pump: Pump) -> None:
         pump.start()
         self.ctx.plane.attach_input(self.job_id, self._input)
+        self.ctx.plane.attach_store(self.job_id, self._store)
 
     def _unplug(self, pump: Pump) -> None:
         self.ctx.plane.detach_input(self.job_id, self._input)
+        self.ctx.plane.detach_store(self.job_id, self._store)
         pump.close()
+        self._store()
 
     def _input(self, sent: InputSent) -> str | None:
         """The input sink: type a keystroke delivery once; None when accepted, else why not."""
@@ -202,12 +211,9 @@ class PtySession(Actor):
         self.ctx.router.tell(GATEWAY, Settle(token, refused is None, refused or ""))
 
     def _emit(self, seq: int, data: bytes, final: bool) -> None:
-        """Seal a chunk, have the vault store it, publish it; the pump counts it until both."""
+        """Seal a chunk and publish it; the vault stores it once it has left (or soon)."""
         assert self.pump is not None
         flags, sealed = seal_output(self.output_key, seq, self.ctx.clock(), data, final=final)
-        # the vault hears of a chunk before it is published: a viewer that missed it live
-        # asks for a replay after that, and the vault's mailbox has the chunk stored by then
-        self.ctx.router.tell(VAULT, OutputSealed(self.job_id, seq, flags, sealed, len(data), final))
         chunk = wire.encode(OutputChunk(self.job_id, seq, flags, sealed))
         publish = Publish(
             self.output_topic,
@@ -216,10 +222,36 @@ class PtySession(Actor):
             job_id=self.job_id,
             after_start=True,
         )
-        sent = partial(self.pump.sent, len(data))
-        if not self.ctx.plane.publish_output(publish, sent):
-            self.ctx.router.publish(publish)  # no output sink (the Gateway is restarting)
-            sent()
+        self.unstored.append(OutputSealed(self.job_id, seq, flags, sealed, len(data), final))
+        if self.ctx.plane.publish_output(publish, partial(self._sent, len(data))):
+            if self.store_timer is None:
+                self.store_timer = self.ctx.loop.loop.call_later(STORE_WITHIN, self._store)
+        else:  # no output sink (the Gateway is restarting): its mailbox comes after the vault's
+            self._store()
+            self.ctx.router.publish(publish)
+            self.pump.sent(len(data))
+
+    def _sent(self, size: int) -> None:
+        assert self.pump is not None
+        self._store()
+        self.pump.sent(size)
+
+    def _store(self) -> None:
+        """Hand the vault every chunk emitted so far, in order.
+
+        It runs once a chunk has left (so the vault's thread is not woken while an echo is on
+        its way), after STORE_WITHIN at the latest (a publish held up by an outage or by the
+        job's order), when the session ends, and before any replay is asked of the vault (the
+        Gateway flushes every session first): a viewer that missed a chunk live asks for its
+        replay only after it was published, and finds it in the vault's mailbox ahead of its
+        request.
+        """
+        if self.store_timer is not None:
+            self.store_timer.cancel()
+            self.store_timer = None
+        pending, self.unstored = self.unstored, []
+        for sealed in pending:
+            self.ctx.router.tell(VAULT, sealed)
 
     def _resize(self, rows: int, cols: int) -> None:
         assert self.pty is not None

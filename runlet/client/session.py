@@ -23,7 +23,7 @@ from runlet.adapters.logfile import FLAG_FINAL, open_output
 from runlet.config import Config
 from runlet.errors import CryptoError, NoSuchTarget, ProtocolError
 from runlet.protocol import addresses, wire
-from runlet.protocol.crypto import FleetKey
+from runlet.protocol.crypto import FleetKey, JobKey
 from runlet.protocol.messages import (
     ControlSent,
     InputSent,
@@ -91,6 +91,7 @@ class Client:
             prefetch=1000,
         )
         self._seq = 0
+        self._input_keys: dict[str, JobKey] = {}
 
     async def __aenter__(self) -> Client:
         await self.broker.connect()
@@ -125,7 +126,9 @@ class Client:
             except ProtocolError:
                 watch.rejected += 1
 
-        await self.broker.consume(QueueSpec(name, "exclusive", keys, dead_letter=False), on_message)
+        # exclusive: it dies with the connection, so acks would keep nothing; none are sent
+        spec = QueueSpec(name, "exclusive", keys, dead_letter=False, acks=False)
+        await self.broker.consume(spec, on_message)
         return watch
 
     # -- submitting --------------------------------------------------------------------------
@@ -180,7 +183,10 @@ class Client:
     async def send_input(self, job_id: str, data: bytes, *, confirm: bool = False) -> None:
         """Type `data` into a running job; with `confirm`, fail if no node runs it."""
         seq = self.next_seq()
-        sealed = seal_input(self.key.job_key(job_id), self.viewer, seq, data)
+        key = self._input_keys.get(job_id)
+        if key is None:  # derived once per job: a keystroke is a hot path
+            key = self._input_keys[job_id] = self.key.job_key(job_id)
+        sealed = seal_input(key, self.viewer, seq, data)
         body = wire.encode(InputSent(job_id, self.viewer, seq, sealed))
         await self.broker.publish(
             addresses.input_key(job_id),

@@ -7,7 +7,9 @@ own them still decide everything about them, but they lend the loop a function t
   decoded `InputSent` and acks or dead-letters the delivery by its answer, so a keystroke is
   deduplicated, opened, written into the PTY and acked in the loop's one callback;
 - the Broker Gateway lends an **output sink**: a session's pump hands it each sealed output
-  chunk's `Publish`, and the Gateway publishes it in the job's order (after `running`).
+  chunk's `Publish`, and the Gateway publishes it in the job's order (after `running`);
+- a PTY Session lends a **store flush**, which hands the Log Vault the chunks it has not been
+  told of yet: the Gateway calls every flush before it passes a replay request on.
 
 Nothing here holds a ref to an actor or imports one: the table maps a job id (or nothing)
 to a plain callable. When a sink is missing (its owner is starting, restarting or gone) the
@@ -36,6 +38,7 @@ class DataPlane:
 
     def __init__(self) -> None:
         self._inputs: dict[str, InputSink] = {}
+        self._stores: dict[str, Callable[[], None]] = {}
         self._output: OutputSink | None = None
 
     def attach_input(self, job_id: str, sink: InputSink) -> None:
@@ -48,6 +51,19 @@ class DataPlane:
 
     def input_sink(self, job_id: str) -> InputSink | None:
         return self._inputs.get(job_id)
+
+    def attach_store(self, job_id: str, flush: Callable[[], None]) -> None:
+        """`flush` hands the vault whatever output of `job_id` it has not been told of yet."""
+        self._stores[job_id] = flush
+
+    def detach_store(self, job_id: str, flush: Callable[[], None]) -> None:
+        if self._stores.get(job_id) == flush:
+            del self._stores[job_id]
+
+    def flush_stores(self) -> None:
+        """Before a replay is asked of the vault: every chunk published so far goes to it."""
+        for flush in list(self._stores.values()):
+            flush()
 
     def serve_output(self, sink: OutputSink) -> None:
         """Make `sink` the output sink."""
@@ -67,4 +83,8 @@ class DataPlane:
         return True
 
     def statistics(self) -> dict[str, int]:
-        return {"input_sinks": len(self._inputs), "output_sink": int(self._output is not None)}
+        return {
+            "input_sinks": len(self._inputs),
+            "store_flushes": len(self._stores),
+            "output_sink": int(self._output is not None),
+        }

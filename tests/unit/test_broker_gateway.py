@@ -181,7 +181,7 @@ def test_input_goes_to_the_jobs_session_only_on_its_own_queue(rig: Rig) -> None:
     rig.inject(queue, wire.encode(InputSent(JOB, "v1", 0, b"\0" * 40)))
     assert isinstance(session.wait_of(Delivered)[0].message, InputSent)
     other = rig.inject(queue, wire.encode(InputSent("f" * 32, "v1", 0, b"\0" * 40)))
-    assert other.settled == "reject"
+    assert other in rig.broker.dead
 
 
 def open_input_queue(rig: Rig) -> str:
@@ -194,7 +194,7 @@ def open_input_queue(rig: Rig) -> str:
 
 def test_input_goes_to_the_sessions_input_sink_and_is_settled_by_its_answer(rig: Rig) -> None:
     """With an input sink lent for the job, a keystroke is handed to it in the consumer's own
-    callback and acked, or dead-lettered when the sink refuses it; no mailbox is involved."""
+    callback, and dead-lettered when the sink refuses it; no mailbox is involved."""
     typed: list[InputSent] = []
 
     def sink(sent: InputSent) -> str | None:
@@ -208,10 +208,11 @@ def test_input_goes_to_the_sessions_input_sink_and_is_settled_by_its_answer(rig:
     queue = open_input_queue(rig)
     rig.on_loop(lend)
     good = rig.inject(queue, wire.encode(InputSent(JOB, "v1", 0, b"\0" * 40)))
-    assert (good.settled, typed) == ("ack", [InputSent(JOB, "v1", 0, b"\0" * 40)])
+    assert typed == [InputSent(JOB, "v1", 0, b"\0" * 40)]
+    assert good not in rig.broker.dead
     before = sample("runlet_rejected_messages_total", queue="actor", reason="refused")
     bad = rig.inject(queue, wire.encode(InputSent(JOB, "v1", 1, b"\0" * 40)))
-    assert bad.settled == "reject"
+    assert bad in rig.broker.dead
     assert sample("runlet_rejected_messages_total", queue="actor", reason="refused") == before + 1
     assert session.all() == []
 
@@ -234,8 +235,14 @@ def test_bad_input_never_reaches_the_input_sink(rig: Rig, body: bytes) -> None:
 
     queue = open_input_queue(rig)
     rig.on_loop(lend)
-    assert rig.inject(queue, body).settled == "reject"
+    assert rig.inject(queue, body) in rig.broker.dead
     assert typed == []
+
+
+def test_the_input_queue_is_consumed_without_acks(rig: Rig) -> None:
+    """A keystroke costs no ack frame: the input queue dies with the connection anyway."""
+    queue = open_input_queue(rig)
+    assert not rig.broker.queues[queue].spec.acks
 
 
 def test_output_through_the_output_sink_keeps_the_jobs_order(held: Rig) -> None:

@@ -112,6 +112,23 @@ def test_output_right_after_a_chunk_waits_briefly_for_more(bench: Bench) -> None
     assert bench.chunks == [(0, b"first", False), (1, b"second", False)]
 
 
+def test_the_echo_of_keystrokes_leaves_at_once_even_right_after_a_chunk(bench: Bench) -> None:
+    """Output that follows typed input is not held for coalescing, however recent the last
+    chunk; output after that, with nothing typed, is coalesced again."""
+    bench.pty.output(b"$ ")
+    bench.loop.step()
+    bench.pump.write(b"l")
+    bench.pty.output(b"l")
+    bench.loop.step()
+    assert bench.chunks == [(0, b"$ ", False), (1, b"l", False)]
+    bench.pty.output(b"more")
+    bench.loop.step()
+    assert len(bench.chunks) == 2
+    bench.clock.advance(COALESCE_SECONDS)
+    bench.loop.step()
+    assert bench.chunks[2:] == [(2, b"more", False)]
+
+
 def test_a_flood_is_coalesced_into_chunks_of_the_limit(small_reads: Bench) -> None:
     """Many small reads in a burst go out as MAX_CHUNK chunks; the rest after the delay."""
     flood = bytes(range(256)) * 800 + b"tail"

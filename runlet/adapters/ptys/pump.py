@@ -1,9 +1,10 @@
 """The Pump: a `Pty` driven by an asyncio loop, on the loop thread only.
 
-It reads the PTY as the loop says it is readable and coalesces the reads by size and time: a
-lone keystroke's echo leaves at once, output within the idle time of the last chunk waits
-COALESCE_SECONDS for more, a flood leaves in whole MAX_CHUNK chunks (what is left over waits
-for its timer, so chunks stay full). Chunks are numbered and handed to `emit`. It stops
+It reads the PTY as the loop says it is readable and coalesces the reads by size and time:
+output after a quiet spell or after typed input (a keystroke's echo) leaves at once, other
+output within the idle time of the last chunk waits COALESCE_SECONDS for more, a flood
+leaves in whole MAX_CHUNK chunks (what is left over waits for its timer, so chunks stay
+full). Chunks are numbered and handed to `emit`. It stops
 reading while more than HIGH_WATER bytes are unstored (`credit`) or unsent (`sent`) and
 resumes below LOW_WATER, so nothing downstream grows without bound.
 
@@ -113,7 +114,8 @@ class Pump:
         if len(self.buf) >= MAX_CHUNK:
             self._flush(whole=True)
         elif self.flush_timer is None:
-            if self.loop.time() - self.last_flush > IDLE_SECONDS:
+            # an answer to typing (the echo) or output after a quiet spell: no waiting
+            if self.typed_at is not None or self.loop.time() - self.last_flush > IDLE_SECONDS:
                 self._flush()
             else:
                 self.flush_timer = self.loop.call_later(COALESCE_SECONDS, self._flush)
