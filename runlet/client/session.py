@@ -8,6 +8,8 @@ How a target is checked before anything is sent (a job for nobody is an error at
 - `node:N` — N's dispatch queue must exist (N has run at least once); with no consumer, N is
   offline and the job waits in its queue, up to the deadline;
 - `any` — the shared queue must exist; `all` / `tag:T` — the mandatory publish must route.
+
+A check holds for TARGET_CACHE_SECONDS on one client, so a batch of submits costs one look-up.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from runlet.protocol.payloads import Control, JobSpec, seal_input
 from runlet.protocol.states import shell_status
 
 Say = Callable[[str], None]
+
+TARGET_CACHE_SECONDS = 1.0  # how long a target's check holds for the next submits
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,7 @@ class Client:
         )
         self._seq = 0
         self._input_keys: dict[str, JobKey] = {}
+        self._targets: dict[str, tuple[float, bool]] = {}  # queue → (when looked up, offline)
 
     async def __aenter__(self) -> Client:
         await self.broker.connect()
@@ -169,14 +174,22 @@ class Client:
 
     async def _target_offline(self, kind: str, name: str, target: str) -> bool:
         if kind == "node":
-            info = await self.broker.queue_info(addresses.dispatch_queue(self.config.user, name))
+            queue = addresses.dispatch_queue(self.config.user, name)
         elif kind == "any":
-            info = await self.broker.queue_info(addresses.any_queue(self.config.user))
+            queue = addresses.any_queue(self.config.user)
         else:
             return False  # fan-out: the mandatory publish tells whether any node serves it
+        # a batch of submits asks the broker once (the look-up opens a channel), not per job
+        cached = self._targets.get(queue)
+        if cached is not None and time.monotonic() - cached[0] < TARGET_CACHE_SECONDS:
+            return cached[1]
+        info = await self.broker.queue_info(queue)
         if info is None:
+            self._targets.pop(queue, None)
             raise NoSuchTarget(target)
-        return info[1] == 0
+        offline = info[1] == 0
+        self._targets[queue] = (time.monotonic(), offline)
+        return offline
 
     # -- talking to a job --------------------------------------------------------------------
 

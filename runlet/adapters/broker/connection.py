@@ -256,11 +256,16 @@ class Broker:
 
     async def forget(self, name: str, *, delete: bool = False) -> None:
         """Stop restoring a queue (and its consumer); optionally delete it now."""
-        self._topology.queues.pop(name, None)
+        spec = self._topology.queues.pop(name, None)
         consumer = self._topology.consumers.pop(name, None)
         if consumer is not None and consumer.queue is not None and consumer.tag:
-            with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
+            try:
                 await consumer.queue.cancel(consumer.tag)
+            except (*BROKER_ERRORS, RuntimeError):
+                pass
+            else:
+                if spec is not None and spec.kind == "exclusive":
+                    return  # auto-delete: it went with its only consumer (no channel, no RPC)
         if delete and self._ready.is_set() and self._connection is not None:
             # on a channel of its own: an error answer (the queue went with its consumer)
             # closes only that channel, never the ones every publish and consumer share
