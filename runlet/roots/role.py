@@ -11,6 +11,7 @@ import signal
 
 import structlog
 
+from runlet import metrics
 from runlet.adapters.metrics_http import MetricsEndpoint
 from runlet.config import Config
 from runlet.runtime.actor import Context
@@ -56,6 +57,8 @@ def run_in_foreground(role: Role) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if role.config.metrics is None:
+        metrics.count_nothing()  # a whole process with no endpoint: nobody could read them
     role.start()
     while not role.wait(0.5):
         pass
