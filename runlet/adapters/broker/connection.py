@@ -35,7 +35,6 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
     AbstractExchange,
-    AbstractIncomingMessage,
     AbstractQueue,
 )
 
@@ -60,7 +59,7 @@ class _Consumer:
     spec: QueueSpec
     handler: Handler
     tag: str = ""
-    queue: AbstractQueue | None = None
+    channel: aiormq.abc.AbstractChannel | None = None  # aiormq's, which delivers to it
 
 
 @dataclass(slots=True)
@@ -258,9 +257,9 @@ class Broker:
         """Stop restoring a queue (and its consumer); optionally delete it now."""
         spec = self._topology.queues.pop(name, None)
         consumer = self._topology.consumers.pop(name, None)
-        if consumer is not None and consumer.queue is not None and consumer.tag:
+        if consumer is not None and consumer.channel is not None and consumer.tag:
             try:
-                await consumer.queue.cancel(consumer.tag)
+                await consumer.channel.basic_cancel(consumer.tag)
             except (*BROKER_ERRORS, RuntimeError):
                 pass
             else:
@@ -332,11 +331,14 @@ class Broker:
         handler = consumer.handler
         acks, dead_letter = consumer.spec.acks, consumer.spec.dead_letter
 
-        async def on_message(msg: AbstractIncomingMessage) -> None:
+        async def on_message(msg: aiormq.abc.DeliveredMessage) -> None:
             await handler(AmqpIncoming(msg, self, generation, acks=acks, dead_letter=dead_letter))
 
-        consumer.queue = queue
-        consumer.tag = await queue.consume(on_message, no_ack=not acks)
+        # aiormq's consumer, not aio-pika's: it delivers in a task of its own already, and
+        # aio-pika would wrap each delivery in an IncomingMessage and one more task
+        raw = await self._channel(durable=consumer.spec.kind == "quorum").get_underlay_channel()
+        ok = await raw.basic_consume(queue.name, on_message, no_ack=not acks)
+        consumer.channel, consumer.tag = raw, str(ok.consumer_tag)
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -407,22 +409,22 @@ class Broker:
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"publish to {routing_key} failed: {exc}") from exc
 
-    async def dead_letter(self, msg: AbstractIncomingMessage) -> None:
+    async def dead_letter(self, incoming: AmqpIncoming) -> None:
         """Put a delivery from a queue consumed without acks where a reject would have put it.
 
         Best effort, like the broker's own dead-lettering of a transient message.
         """
         properties = aiormq.spec.Basic.Properties(
-            message_id=msg.message_id,
-            content_type=msg.content_type,
+            message_id=incoming.message_id,
+            content_type=incoming.content_type,
             delivery_mode=1,
-            headers={"x-first-death-queue-key": msg.routing_key or ""},
+            headers={"x-first-death-queue-key": incoming.routing_key},
         )
         with contextlib.suppress(BrokerUnavailable):
             await self._publish_fast(
                 addresses.dead_letter_exchange(self.user),
-                msg.routing_key or "",
-                msg.body,
+                incoming.routing_key,
+                incoming.body,
                 properties,
                 mandatory=False,
             )
