@@ -48,7 +48,7 @@ integration: install services ## integration and e2e tests (real services, real 
 
 reliability: install services ## failures injected on a real 3-node RabbitMQ cluster; prints the table
 	@rm -f bench-results/reliability.jsonl
-	$(BIN)/pytest -q tests/reliability $(PYTEST_ARGS); status=$$?; \
+	$(BIN)/pytest -q --durations=8 tests/reliability $(PYTEST_ARGS); status=$$?; \
 		echo; echo "== reliability"; $(BIN)/python -m tests.reliability.results; exit $$status
 
 test: install services ## lint, every unit/integration/e2e test, then the reliability suite (what CI runs)

@@ -159,19 +159,23 @@ class Broker:
             raise ClosedError("broker adapter is closed")
 
     async def _open(self, url: str) -> None:
-        conn = await aio_pika.connect(
-            url,
-            timeout=self.connect_timeout,
+        # made here rather than by aio_pika.connect, so that a handshake that fails half-way
+        # is closed on this loop: left to the garbage collector, aio-pika's __del__ makes a
+        # close() coroutine that, outside the loop thread, is never awaited
+        conn = aio_pika.Connection(
+            aio_pika.connection.make_url(url),
             heartbeat=self.heartbeat,
             client_properties={"connection_name": self.name},
         )
         try:
+            await conn.connect(timeout=self.connect_timeout)
             durable = await conn.channel(publisher_confirms=True, on_return_raises=True)
             fast = await conn.channel(publisher_confirms=False)
             await durable.set_qos(prefetch_count=self.prefetch)
             await fast.set_qos(prefetch_count=self.prefetch)
         except BaseException:
-            await conn.close()
+            with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
+                await conn.close()
             raise
         self._lost = asyncio.Event()
         lost = self._lost
