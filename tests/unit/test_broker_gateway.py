@@ -24,7 +24,14 @@ import pytest
 
 from actors.broker_gateway import BrokerGateway
 from runlet.protocol import addresses, wire
-from runlet.protocol.messages import InputSent, JobStateChanged, Ping, Pong, StartJob
+from runlet.protocol.messages import (
+    InputSent,
+    JobStateChanged,
+    Ping,
+    Pong,
+    ReplayRequested,
+    StartJob,
+)
 from runlet.runtime.actor import Context
 from runlet.runtime.local_messages import (
     CloseJobQueues,
@@ -304,6 +311,29 @@ def test_a_stopped_gateway_withdraws_its_output_sink(rig: Rig) -> None:
     (ref,) = pykka.ActorRegistry.get_by_class(BrokerGateway)
     ref.stop(block=True, timeout=DEADLINE)
     assert not rig.on_loop(has_sink)
+
+
+def test_a_replay_request_flushes_every_sessions_store_before_it_goes_on(rig: Rig) -> None:
+    """The vault must hold every chunk published before a replay is asked of it: the
+    Gateway runs the sessions' store flushes, then routes the request to the Job Queue."""
+    order: list[str] = []
+
+    def flush() -> None:
+        order.append("flushed")
+        assert rig.job_queue.of(Delivered) == []  # not passed on yet
+
+    async def lend() -> None:
+        rig.ctx.plane.attach_store(JOB, flush)
+
+    rig.on_loop(lend)
+    rig.inject(
+        addresses.rpc_queue(USER, "node1"),
+        wire.encode(ReplayRequested(JOB, 0)),
+        reply_to=addresses.reply_key("viewer1", JOB),
+    )
+    (delivered,) = rig.job_queue.wait_of(Delivered)
+    assert isinstance(delivered.message, ReplayRequested)
+    assert order == ["flushed"]
 
 
 def test_closing_a_job_deletes_its_queues(rig: Rig) -> None:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import pykka
 import pytest
 
+from actors import pty_session
 from actors.pty_session import PtySession
 from runlet.adapters.logfile import FLAG_FINAL, open_output
 from runlet.adapters.ptys import DEFAULT_TERM
@@ -360,6 +361,33 @@ def test_output_goes_to_the_gateways_output_sink_when_it_lends_one(rig: Rig) -> 
     assert taken[0].message_id == f"{rig.job_id}:o0"
     sync(rig.gateway_ref)
     assert rig.gateway.of(Publish) == []
+
+
+def test_a_chunk_is_stored_once_it_has_left_or_before_a_replay(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an output sink, the vault hears of a chunk only after its publish has left (so
+    no vault work races an echo), or when the Gateway flushes before passing on a replay."""
+    monkeypatch.setattr(pty_session, "STORE_WITHIN", 3600.0)  # only the events below
+    held: list[Callable[[], None]] = []
+
+    def sink(message: Publish, on_sent: Callable[[], None] | None) -> None:
+        assert on_sent is not None
+        held.append(on_sent)
+
+    rig.on_loop(lambda: rig.ctx.plane.serve_output(sink))
+    rig.start()
+    rig.pty.output(b"one")
+    wait_for(lambda: len(held) == 1, what="the first chunk at the sink")
+    sync(rig.vault_ref)
+    assert rig.vault.of(OutputSealed) == []
+    rig.on_loop(held[0])  # it has left
+    assert [c.seq for c in rig.vault.wait_of(OutputSealed)] == [0]
+    rig.pty.output(b"two")
+    wait_for(lambda: len(held) == 2, what="the second chunk at the sink")
+    rig.on_loop(rig.ctx.plane.flush_stores)  # a replay is about to be asked
+    assert [c.seq for c in rig.vault.wait_of(OutputSealed, 2)] == [0, 1]
+    assert rig.output() == b"onetwo"
 
 
 # -- control ----------------------------------------------------------------------------------
