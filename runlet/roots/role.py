@@ -7,6 +7,7 @@ it cleanly on SIGTERM/SIGINT, returning the process exit status.
 
 from __future__ import annotations
 
+import gc
 import signal
 
 import structlog
@@ -60,6 +61,11 @@ def run_in_foreground(role: Role) -> int:
     if role.config.metrics is None:
         metrics.count_nothing()  # a whole process with no endpoint: nobody could read them
     role.start()
+    # What lives as long as the process (modules, classes, config) leaves the collector's
+    # sight: a full collection no longer walks it (about 10 ms on a small machine, enough to
+    # show in a keystroke's p99), and what comes later is collected as before.
+    gc.collect()
+    gc.freeze()
     while not role.wait(0.5):
         pass
     return role.stop()
