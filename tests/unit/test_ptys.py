@@ -448,3 +448,18 @@ def test_no_fd_of_the_daemon_reaches_the_job(start: Callable[..., Pty]) -> None:
         os.close(leaky)
     assert {0, 1, 2} <= fds
     assert leaky not in fds
+
+
+def test_a_platform_without_posix_spawn_setsid_forks_instead(
+    start: Callable[..., Pty], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """posix_spawn refusing setsid (an old libc) turns the fast way off: jobs still start."""
+    monkeypatch.setattr(posix, "_in_place", [True])
+
+    def refuse(*args: object, **kwargs: object) -> int:
+        raise NotImplementedError("setsid is not supported")
+
+    monkeypatch.setattr(os, "posix_spawn", refuse)
+    pty = start("sh", "-c", "echo forked")
+    assert b"forked" in read_to_eof(pty)
+    assert posix._in_place == [False]

@@ -50,7 +50,7 @@ __all__ = ["PosixPty", "spawn_posix"]
 
 _FAILED_BEFORE_EXEC = 127  # what a forked child exits with if it could not reach exec
 # Linux: posix_spawn with setsid (glibc 2.26+) and open-in-child; elsewhere ptyprocess's fork
-_SPAWN_IN_PLACE = sys.platform == "linux" and hasattr(os, "POSIX_SPAWN_OPEN")
+_in_place = [sys.platform == "linux" and hasattr(os, "POSIX_SPAWN_OPEN")]  # off once refused
 _SIGNALS = frozenset(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 
@@ -186,8 +186,11 @@ def spawn_posix(
     program = args[0]
     _check_cwd(program, cwd)
     path = _resolve_program(program, env.get("PATH", os.defpath), cwd)
-    if cwd is None and _SPAWN_IN_PLACE:
-        return _spawn_in_place(program, [path, *args[1:]], env, rows, cols)
+    if cwd is None and _in_place[0]:
+        try:
+            return _spawn_in_place(program, [path, *args[1:]], env, rows, cols)
+        except NotImplementedError:  # built without POSIX_SPAWN_SETSID (glibc before 2.26)
+            _in_place[0] = False
     parent = os.getpid()
     try:
         # cwd goes through preexec_fn: ptyprocess's own chdir is outside its error
@@ -234,6 +237,9 @@ def _spawn_in_place(
     except OSError as exc:
         os.close(master)
         raise SpawnFailed(f"cannot start {program!r}: {exc}") from exc
+    except NotImplementedError:
+        os.close(master)
+        raise
     finally:
         os.close(slave)
     os.set_blocking(master, False)
