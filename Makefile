@@ -72,6 +72,9 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 bench: install services $(BENCH_STAMP) ## benchmarks against the anchors (BENCH_QUICK=1: a smoke run)
 	@test -x /usr/sbin/sshd || { echo "installing openssh-server (the ssh -tt baseline)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server; }
+	@# byte-compiled as an installed package is, even where PYTHONDONTWRITEBYTECODE is set:
+	@# every `runlet` process measured would compile the package's sources otherwise
+	$(BIN)/python -m compileall -q runlet actors > /dev/null
 	$(BIN)/python -m tests.bench.run $(if $(filter-out 0,$(BENCH_QUICK)),--quick) \
 		$(if $(BENCH_ONLY),--only $(BENCH_ONLY))
 

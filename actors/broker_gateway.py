@@ -10,6 +10,12 @@ state changes leave one after the other (each once the one before it is confirme
 output only once `running` has left, so every watcher and the ledger see `queued` → `running`
 → the end, and `running` before the first output.
 
+The data plane (`runlet.runtime.plane`) stays on the loop: a keystroke for a job whose
+session has lent its input sink is handed to that sink in the consumer's callback and acked
+or dead-lettered by its answer, with no actor in between; the Gateway lends the output sink
+through which sessions publish their sealed output chunks. Without a sink, deliveries and
+publishes take the mailboxes as before.
+
 It never opens sealed payloads and never waits on an actor.
 """
 
@@ -22,6 +28,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
+
+import pykka
 
 from runlet import metrics
 from runlet.adapters.broker import Broker, Handler, Incoming, QueueSpec
@@ -36,6 +45,7 @@ from runlet.runtime.local_messages import (
     LoopTaskFailed,
     OpenJobQueues,
     Publish,
+    ReleaseOutput,
     Settle,
 )
 from runlet.runtime.names import GATEWAY, JOB_QUEUE, session_name
@@ -76,16 +86,26 @@ class BrokerGateway(Actor):
         self._topology_lock: asyncio.Lock | None = None  # made on the loop, first use
         self._lanes: dict[str, _Lane] = {}  # touched on the loop only
         self._tokens = itertools.count(1)
+        self._outputs: set[asyncio.Task[None]] = set()  # output publishes under way
+        # output of jobs with no lane yet, by job, until this mailbox says it may go (loop only)
+        self._early: dict[str, list[tuple[Publish, Callable[[], None] | None]]] = {}
 
     def started(self) -> None:
+        self.ctx.loop.call(self.ctx.plane.serve_output, self._output_sink)
         self.ctx.loop.submit(self._setup(), self._setup_done)
 
     def on_stop(self) -> None:
+        # first, so that output published meanwhile waits in the mailbox of our next instance
+        self.ctx.loop.call(self._withdraw_output_sink)
         if not self.ctx.loop.closed:
             try:
                 self.ctx.loop.run_sync(self.broker.close(), 5)
             except (concurrent.futures.TimeoutError, RunletError):
                 self.log.warning("broker_close_timed_out")
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self.ctx.loop.call(self._withdraw_output_sink)
+        super().on_failure(*exc_info)
 
     def handle(self, message: object) -> None:
         match message:
@@ -97,6 +117,8 @@ class BrokerGateway(Actor):
                 )
             case Publish():
                 self.ctx.loop.submit(self._publish(message), self._log_failure)
+            case ReleaseOutput(job_id=job_id):
+                self.ctx.loop.submit(self._release_output(job_id), self._log_failure)
             case Settle(token=token, ok=ok, reason=reason):
                 self.ctx.loop.call(self._settle, token, ok, reason)
             case OpenJobQueues(job_id=job_id):
@@ -119,6 +141,46 @@ class BrokerGateway(Actor):
             self.log.error("broker_operation_failed", error=repr(exc))
 
     # -- on the loop -------------------------------------------------------------------------
+
+    def _withdraw_output_sink(self) -> None:
+        self.ctx.plane.withdraw_output(self._output_sink)
+
+    def _output_sink(self, message: Publish, on_sent: Callable[[], None] | None) -> None:
+        """The data plane's output sink: publish a job's chunk in order, on the loop.
+
+        A chunk of a job that has no lane here may be early: the OpenJobQueues that makes its
+        lane can still wait in this actor's mailbox. Such chunks (and any after them) wait
+        until a ReleaseOutput through the mailbox says that everything told before is done.
+        """
+        job_id = message.job_id
+        if (early := self._early.get(job_id)) is not None:
+            early.append((message, on_sent))
+        elif job_id not in self._lanes:
+            self._early[job_id] = [(message, on_sent)]
+            try:
+                self.actor_ref.tell(ReleaseOutput(job_id))
+            except pykka.ActorDeadError:  # stopping: no lane will come; nothing to wait for
+                self._start_output(*self._early.pop(job_id)[0])
+        else:
+            self._start_output(message, on_sent)
+
+    def _start_output(self, message: Publish, on_sent: Callable[[], None] | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._publish_output(message))
+        self._outputs.add(task)
+        task.add_done_callback(partial(self._output_done, on_sent))
+
+    async def _release_output(self, job_id: str) -> None:
+        # a coroutine, not a callback: it runs after the first step of every coroutine
+        # submitted before it, which is where `_in_order` makes a job's lane
+        for message, on_sent in self._early.pop(job_id, []):
+            self._start_output(message, on_sent)
+
+    def _output_done(self, on_sent: Callable[[], None] | None, task: asyncio.Task[None]) -> None:
+        self._outputs.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.log.error("broker_operation_failed", error=repr(exc))
+        if on_sent is not None:
+            on_sent()
 
     async def _setup(self) -> None:
         self.log.info("broker_connecting", urls=len(self.ctx.settings.broker.urls))
@@ -189,6 +251,8 @@ class BrokerGateway(Actor):
         try:
             ping = wire.decode_as(incoming.body, Ping)
         except ProtocolError:
+            # a replay request: the vault must hold every chunk published before it is asked
+            self.ctx.plane.flush_stores()
             await self._rpc_other(incoming)
             return
         await incoming.ack()
@@ -202,6 +266,33 @@ class BrokerGateway(Actor):
             )
         except BrokerUnavailable:
             return
+
+    def _input_handler(self, job_id: str) -> Handler:
+        """A job's keystrokes: to its session's input sink on the loop, else to its mailbox."""
+        by_mailbox = self._job_handler(job_id, "input")
+
+        async def on_input(incoming: Incoming) -> None:
+            sink = self.ctx.plane.input_sink(job_id)
+            if sink is None:
+                await by_mailbox(incoming)
+                return
+            try:
+                sent = wire.decode_as(incoming.body, InputSent)
+                if sent.job_id != job_id:
+                    raise ProtocolError(f"input for job {sent.job_id} on the queue of {job_id}")
+            except ProtocolError as exc:
+                self._rejected("job.input", "invalid", str(exc))
+                await incoming.reject()
+                return
+            # no await before the sink: keystrokes are typed in the order they were delivered
+            refused = sink(sent)
+            if refused is None:
+                await incoming.ack()
+            else:
+                self._rejected("actor", "refused", refused)
+                await incoming.reject()
+
+        return on_input
 
     def _job_handler(self, job_id: str, concern: str) -> Handler:
         def route(msg: object) -> str | None:
@@ -315,12 +406,15 @@ class BrokerGateway(Actor):
                 )
                 await self.broker.consume(spec, self._job_handler(job_id, "control"))
             if message.input:
+                # no acks: it dies with the connection, so an ack would keep nothing, and it
+                # would cost a frame on every keystroke's way (a refusal is still dead-lettered)
                 spec = QueueSpec(
                     addresses.job_queue(self.user, job_id, "input", suffix),
                     "exclusive",
                     (addresses.input_key(job_id),),
+                    acks=False,
                 )
-                await self.broker.consume(spec, self._job_handler(job_id, "input"))
+                await self.broker.consume(spec, self._input_handler(job_id))
         except BrokerUnavailable as exc:
             # restored on reconnect: the spec is remembered by the adapter
             self.log.warning("job_queues_deferred", job=job_id, error=str(exc))

@@ -5,15 +5,19 @@ committed to the journal. A redelivered dispatch finds its id there and is acked
 so a job never runs twice. On start it resumes `queued` jobs in their order and reports the
 ones the previous process was running as `interrupted` (DESIGN.md §4).
 
-Every state change is journaled first, then published on `job.<id>.state` (durable).
+Every state change is journaled first, then published on `job.<id>.state` (durable). The
+journal syncs by group commit: a change is committed at once, and what must wait until it is
+durable (acks, states: all for the Gateway, in order) waits for one fsync shared with others.
 """
 
 from __future__ import annotations
 
 import platform
+from functools import partial
 from typing import Any
 
 from runlet import __version__, metrics
+from runlet.adapters.group_commit import GroupCommit
 from runlet.adapters.journal import Journal
 from runlet.errors import CryptoError, ProtocolError, StorageError
 from runlet.protocol import addresses, wire
@@ -25,7 +29,7 @@ from runlet.protocol.messages import (
     StartJob,
 )
 from runlet.protocol.payloads import Control, JobSpec
-from runlet.protocol.states import LIVE
+from runlet.protocol.states import LIVE, recorded_exit
 from runlet.runtime.actor import Actor, Context, supervise
 from runlet.runtime.local_messages import (
     ChildDied,
@@ -53,6 +57,7 @@ from runlet.runtime.names import GATEWAY, GOVERNOR, VAULT, session_job, session_
 
 JOURNAL_RETENTION = 7 * 86400.0  # a finished job stays this long: a late redelivery is dropped
 JOURNAL_SWEEP_SECONDS = 3600.0  # how often finished jobs past the retention are forgotten
+GROUP_COMMIT_MAX = 256  # effects waiting before a sync is asked for even with a busy mailbox
 
 
 class JobQueue(Actor):
@@ -68,6 +73,7 @@ class JobQueue(Actor):
         self.session_factory = ctx.services["session_factory"]
         self.journal_path = settings.data_dir / "journal.sqlite3"
         self.journal: Journal | None = None
+        self.commits: GroupCommit | None = None  # effects that wait for the journal's sync
         self.starting: set[str] = set()  # sessions asked for and not yet reported
         self.log_problems: dict[str, str] = {}  # jobs whose log is incomplete, and why
         self.swept_at = float("-inf")  # when finished jobs were last forgotten
@@ -75,7 +81,8 @@ class JobQueue(Actor):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def started(self) -> None:
-        self.journal = Journal(self.journal_path)
+        self.journal = Journal(self.journal_path, group_commit=True)
+        self.commits = GroupCommit(self.journal.sync, name=f"journal-sync-{self.node}")
         now = self.ctx.clock()
         for entry in self.journal.running():
             if self.ctx.router.has(session_name(entry.job_id)):
@@ -92,10 +99,20 @@ class JobQueue(Actor):
             self._queue(entry.job_id, announce=False)
         metrics.JOBS_RUNNING.set(len(self.journal.running()))
         self._heartbeat()
+        self.commits.commit()
 
     def on_stop(self) -> None:
+        if self.commits is not None:
+            self.commits.close()  # what waits for the last changes is synced and let go
         if self.journal is not None:
             self.journal.close()
+
+    def on_receive(self, message: Any) -> Any:
+        result = super().on_receive(message)
+        # group commit: sync once the mailbox holds nothing more (or much is waiting)
+        if self.actor_inbox.empty() or self._commits.pending >= GROUP_COMMIT_MAX:
+            self._commits.commit()
+        return result
 
     def on_failure(self, *exc_info: Any) -> None:
         self.on_stop()
@@ -173,8 +190,9 @@ class JobQueue(Actor):
         # the control queue exists before anyone hears "queued", so a cancel always lands
         state = self._change(job_id, "queued", target=target, send=False) if announce else None
         opening = OpenJobQueues(job_id, input=False, control=True, announce=state)
-        self.ctx.router.tell(GATEWAY, opening)
-        self.ctx.router.tell(GOVERNOR, RequestSlot(job_id))
+        self._to_gateway(opening)
+        # after it: the Gateway must know the job before its session's output comes
+        self._commits.after(partial(self.ctx.router.tell, GOVERNOR, RequestSlot(job_id)))
 
     # -- running -----------------------------------------------------------------------------
 
@@ -207,7 +225,7 @@ class JobQueue(Actor):
             self.ctx.router.tell(session_name(job_id), Terminate(job_id, self.grace, "cancelled"))
             return
         opening = OpenJobQueues(job_id, input=True, control=False, announce=announce)
-        self.ctx.router.tell(GATEWAY, opening)
+        self._to_gateway(opening)
         entry = self._journal.get(job_id)
         if entry is None or announce is None:
             return
@@ -219,23 +237,13 @@ class JobQueue(Actor):
         entry = self._journal.get(ended.job_id)
         if entry is None:
             return
-        status = ended.status
         if entry.state == "running":
             metrics.JOBS_RUNNING.dec()
         if ended.how == "failed":
             state = "rejected" if entry.state == "queued" else "interrupted"
             self._finish(ended.job_id, state, detail=ended.detail)
             return
-        code = status.code if status else None
-        sig = status.signal if status else None
-        if code is not None and not 0 <= code <= 255:  # Windows codes such as 0xC000013A
-            details = f"exit code {code:#x}"
-            joined = f"{ended.detail}; {details}" if ended.detail else details
-            ended = SessionEnded(ended.job_id, ended.how, status, joined)
-            code = 255
-        if sig is not None and not 1 <= sig <= 127:
-            sig = 127
-        detail = ended.detail
+        code, sig, detail = recorded_exit(ended.status, ended.detail)
         if (problem := self.log_problems.pop(ended.job_id, None)) is not None:
             detail = f"{detail}; {problem}" if detail else problem
         self._finish(ended.job_id, ended.how, exit_code=code, signal=sig, detail=detail)
@@ -253,7 +261,7 @@ class JobQueue(Actor):
     def _finish(self, job_id: str, state: str, **details: Any) -> None:
         self._change(job_id, state, **details)
         self.ctx.router.tell(GOVERNOR, ReleaseSlot(job_id))
-        self.ctx.router.tell(GATEWAY, CloseJobQueues(job_id))
+        self._to_gateway(CloseJobQueues(job_id))
 
     # -- control and replay ------------------------------------------------------------------
 
@@ -333,7 +341,7 @@ class JobQueue(Actor):
             counts.get("running", 0),
             counts.get("queued", 0),
         )
-        self.ctx.router.publish(
+        self._to_gateway(
             Publish(
                 addresses.presence_key(self.node),
                 wire.encode(beat),
@@ -420,8 +428,22 @@ class JobQueue(Actor):
             job_id=event.job_id,
         )
         if send:
-            self.ctx.router.publish(publish)
+            self._to_gateway(publish)
         return publish
 
     def _settle(self, delivery: Delivered, ok: bool, reason: str = "") -> None:
-        self.ctx.router.tell(GATEWAY, Settle(delivery.token, ok, reason))
+        self._to_gateway(Settle(delivery.token, ok, reason))
+
+    @property
+    def _commits(self) -> GroupCommit:
+        assert self.commits is not None
+        return self.commits
+
+    def _to_gateway(self, message: object) -> None:
+        """Everything for the Gateway (acks, states, queue operations) leaves, in order, once
+        the journal changes made before it are durable."""
+        self._commits.after(partial(_tell_gateway, self.ctx.router, message))
+
+
+def _tell_gateway(router: Any, message: object) -> None:
+    _ = router.publish(message) if isinstance(message, Publish) else router.tell(GATEWAY, message)

@@ -39,6 +39,7 @@ from runlet.runtime.local_messages import (
     LogFailed,
     OpenLog,
     OutputProduced,
+    OutputSealed,
     OutputStored,
     Publish,
     ReopenStore,
@@ -102,6 +103,8 @@ class LogVault(Actor):
                 self._open(job_id, finalise)
             case OutputProduced():
                 self._append(message)
+            case OutputSealed():
+                self._keep(message)
             case Replay():
                 self._replay(message)
             case StoreOpened(error=None):
@@ -174,7 +177,18 @@ class LogVault(Actor):
         if out.final:
             self.broken.pop(out.job_id, None)
 
-    def _store(self, out: OutputProduced, flags: int, sealed: bytes) -> None:
+    def _keep(self, out: OutputSealed) -> None:
+        """Store a chunk its session sealed and published itself (the data plane, on the loop)."""
+        if out.job_id not in self.broken:
+            self._store(out, out.flags, out.sealed)
+        self.ctx.router.tell(session_name(out.job_id), OutputStored(out.job_id, out.seq, out.size))
+        if out.final and out.job_id in self.writers:
+            self.writers.pop(out.job_id).close()
+            self._enqueue(out.job_id)
+        if out.final:
+            self.broken.pop(out.job_id, None)
+
+    def _store(self, out: OutputProduced | OutputSealed, flags: int, sealed: bytes) -> None:
         """Append to the log; on failure the log stays valid but ends there, and we say so."""
         try:
             writer = self._writer(out.job_id)

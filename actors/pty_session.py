@@ -1,14 +1,24 @@
 """PTY Session: one running job's child in a pseudo-terminal.
 
-The actor owns the child: it spawns it, writes keystrokes into it, resizes and signals it,
-and ends it (SIGTERM, a grace period, then SIGKILL). Output is read on the I/O loop by a
-small pump that coalesces reads by size and time — a lone keystroke's echo leaves at once,
-a flood leaves in 64 KiB chunks — numbers them and hands them to the Log Vault. The pump stops
-reading while too many bytes are owed by the vault (backpressure), so mailboxes stay small.
+The actor owns the child: it spawns it, resizes and signals it, and ends it (SIGTERM, a
+grace period, then SIGKILL). The bytes do not pass through its mailbox: they stay on the I/O
+loop (DESIGN §1, "The data plane").
+
+- Input: the session lends the loop an input sink (`runlet.runtime.plane`), so the Gateway's
+  consumer hands it each keystroke delivery; the sink drops a repeated (viewer, seq), opens
+  the seal, writes the bytes into the PTY and answers, and the Gateway acks, all in one loop
+  callback. A delivery that reaches the mailbox instead (no sink yet) is handled the same way.
+- Output: a small pump reads the PTY on the loop and coalesces reads by size and time — a
+  lone keystroke's echo leaves at once, a flood leaves in 64 KiB chunks — and the session,
+  still on the loop, seals each chunk and hands its publish to the Gateway's output sink; the
+  Log Vault is told to store it once it has left (see `_store`). The pump stops reading
+  while too many bytes are unstored by the vault or unsent by the Gateway (backpressure), so
+  mailboxes and buffers stay small.
+- Exit: watched, not polled, where the PTY gives an exit fd (a pidfd on Linux).
 
 The child's PTY comes from the `spawn` service when there is one (a test's fake PTY), else from
-`ptys.spawn`. The pump keeps time by its loop's clock (`loop.time()`), so a test's loop decides
-when its coalescing and exit-polling timers are due; chunks are stamped by the context's clock.
+`ptys.spawn`; the pump is `runlet.adapters.ptys.pump`. Chunks are stamped by the context's
+clock.
 """
 
 from __future__ import annotations
@@ -17,12 +27,15 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable
+from functools import partial
 
 from runlet import metrics
 from runlet.adapters import ptys
-from runlet.errors import CryptoError, SpawnFailed
-from runlet.protocol import wire
-from runlet.protocol.messages import MAX_CHUNK, InputSent, StartJob
+from runlet.adapters.logfile import seal_output
+from runlet.adapters.ptys.pump import Pump
+from runlet.errors import ClosedError, CryptoError, SpawnFailed
+from runlet.protocol import addresses, wire
+from runlet.protocol.messages import InputSent, OutputChunk, StartJob
 from runlet.protocol.payloads import JobSpec, open_input
 from runlet.protocol.states import ExitStatus
 from runlet.runtime.actor import Actor, Context
@@ -31,9 +44,10 @@ from runlet.runtime.local_messages import (
     ForgetChild,
     GraceExpired,
     OpenLog,
-    OutputProduced,
+    OutputSealed,
     OutputStored,
     ProcessExited,
+    Publish,
     ResizeSession,
     SessionEnded,
     SessionStarted,
@@ -43,13 +57,10 @@ from runlet.runtime.local_messages import (
     StopSession,
     Terminate,
 )
+from runlet.runtime.loop import LoopTimer
 from runlet.runtime.names import GATEWAY, JOB_QUEUE, SUPERVISOR, VAULT
 
-COALESCE_SECONDS = 0.002  # wait this long for more output once a burst has started
-IDLE_SECONDS = 0.005  # output after this much quiet is sent at once (keystroke echo)
-HIGH_WATER = 4 * 1024 * 1024  # bytes owed by the vault before the pump stops reading
-LOW_WATER = 1024 * 1024
-EXIT_POLL_SECONDS = 0.05
+STORE_WITHIN = 0.02  # seconds: a chunk is handed to the vault this soon at the latest
 
 
 class PtySession(Actor):
@@ -65,7 +76,11 @@ class PtySession(Actor):
         self.spawn: Callable[..., ptys.Pty] = ctx.services.get("spawn", ptys.spawn)
         self.pty: ptys.Pty | None = None
         self.pump: Pump | None = None
-        self.seen_input: dict[str, int] = {}
+        self.seen_input: dict[str, int] = {}  # on the loop only
+        self.output_topic = addresses.output_key(self.job_id)
+        self.timers: list[LoopTimer] = []
+        self.unstored: list[OutputSealed] = []  # emitted, not yet told to the vault (loop only)
+        self.store_timer: asyncio.TimerHandle | None = None
         self.ending: str | None = None
         self.ended_by: str | None = None
         self.done = False
@@ -98,21 +113,19 @@ class PtySession(Actor):
             emit=self._emit,
             exited=lambda status: _tell(ref, ProcessExited(status)),
         )
-        self.ctx.loop.call(self.pump.start)
+        # before SessionStarted: the input queue, opened after it, finds the sink in place
+        self.ctx.loop.call(self._plug, self.pump)
         self.ctx.router.tell(JOB_QUEUE, SessionStarted(self.job_id, self.pty.pid))
         self.log.info("job_started", pid=self.pty.pid)
         if spec.timeout is not None:
             grace = self.ctx.settings.jobs.grace_seconds
-            self.tell_self_later(spec.timeout, Terminate(self.job_id, grace, "timed_out"))
-
-    def _emit(self, seq: int, data: bytes, final: bool) -> None:
-        """Runs on the I/O loop: hand a chunk to the vault (the router is thread-safe)."""
-        at = self.ctx.clock()
-        self.ctx.router.tell(VAULT, OutputProduced(self.job_id, seq, at, data, final))
+            self._later(spec.timeout, Terminate(self.job_id, grace, "timed_out"))
 
     def on_stop(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
         if self.pump is not None:
-            self.ctx.loop.call(self.pump.close)
+            self.ctx.loop.call(self._unplug, self.pump)
         elif self.pty is not None:
             self.pty.close()
         self.ctx.router.unregister(self.name, self.actor_ref)
@@ -121,13 +134,13 @@ class PtySession(Actor):
     def handle(self, message: object) -> None:
         match message:
             case Delivered(message=InputSent() as sent):
-                self._input(message, sent)
+                self.ctx.loop.call(self._input_by_mailbox, message.token, sent)
             case OutputStored(size=size) if self.pump is not None:
                 self.ctx.loop.call(self.pump.credit, size)
-            case ResizeSession(rows=rows, cols=cols) if self.pty is not None:
-                self.pty.resize(rows, cols)
+            case ResizeSession(rows=rows, cols=cols) if self.pump is not None:
+                self.ctx.loop.call(self._resize, rows, cols)
             case SignalSession(signal=sig) if self.pty is not None:
-                self.pty.signal(sig)
+                self.ctx.loop.call(self.pty.signal, sig)  # in order with resizes
             case Terminate(grace=grace, reason=reason):
                 self._terminate(grace, reason)
             case GraceExpired() if self.pty is not None and not self.done:
@@ -141,28 +154,13 @@ class PtySession(Actor):
             case _:
                 self.unexpected(message)
 
-    def _input(self, delivery: Delivered, sent: InputSent) -> None:
-        if sent.seq <= self.seen_input.get(sent.viewer, -1):
-            self._settle(delivery, True)  # a redelivered keystroke: already typed
-            return
-        try:
-            data = open_input(self.output_key, sent.viewer, sent.seq, sent.sealed)
-        except CryptoError as exc:
-            self._settle(delivery, False, str(exc))
-            return
-        self.seen_input[sent.viewer] = sent.seq
-        self._settle(delivery, True)
-        if self.pump is not None and data:
-            metrics.INPUT_BYTES.inc(len(data))
-            self.ctx.loop.call(self.pump.write, data)
-
     def _terminate(self, grace: float, reason: str) -> None:
         if self.pty is None or self.done or self.ending is not None:
             return
         self.ending, self.ended_by = reason, "SIGTERM"
         self.log.info("job_terminating", reason=reason, grace=grace)
         self.pty.signal(signal.SIGTERM)
-        self.tell_self_later(grace, GraceExpired(self.job_id))
+        self._later(grace, GraceExpired(self.job_id))
 
     def _exited(self, status: ExitStatus) -> None:
         if self.done:
@@ -177,8 +175,90 @@ class PtySession(Actor):
         self.ctx.router.tell(JOB_QUEUE, SessionEnded(self.job_id, how, status, detail))
         self.stop()
 
-    def _settle(self, delivery: Delivered, ok: bool, reason: str = "") -> None:
-        self.ctx.router.tell(GATEWAY, Settle(delivery.token, ok, reason))
+    def _later(self, delay: float, message: object) -> None:
+        self.timers = [t for t in self.timers if not t.cancelled]
+        self.timers.append(self.tell_self_later(delay, message))
+
+    # -- on the loop: the data plane ---------------------------------------------------------
+
+    def _plug(self, pump: Pump) -> None:
+        pump.start()
+        self.ctx.plane.attach_input(self.job_id, self._input)
+        self.ctx.plane.attach_store(self.job_id, self._store)
+
+    def _unplug(self, pump: Pump) -> None:
+        self.ctx.plane.detach_input(self.job_id, self._input)
+        self.ctx.plane.detach_store(self.job_id, self._store)
+        pump.close()
+        self._store()
+
+    def _input(self, sent: InputSent) -> str | None:
+        """The input sink: type a keystroke delivery once; None when accepted, else why not."""
+        if sent.seq <= self.seen_input.get(sent.viewer, -1):
+            return None  # a redelivered keystroke: already typed
+        try:
+            data = open_input(self.output_key, sent.viewer, sent.seq, sent.sealed)
+        except CryptoError as exc:
+            return str(exc)
+        self.seen_input[sent.viewer] = sent.seq
+        if self.pump is not None and data:
+            metrics.INPUT_BYTES.inc(len(data))
+            self.pump.write(data)
+        return None
+
+    def _input_by_mailbox(self, token: int, sent: InputSent) -> None:
+        refused = self._input(sent)
+        self.ctx.router.tell(GATEWAY, Settle(token, refused is None, refused or ""))
+
+    def _emit(self, seq: int, data: bytes, final: bool) -> None:
+        """Seal a chunk and publish it; the vault stores it once it has left (or soon)."""
+        assert self.pump is not None
+        flags, sealed = seal_output(self.output_key, seq, self.ctx.clock(), data, final=final)
+        chunk = wire.encode(OutputChunk(self.job_id, seq, flags, sealed))
+        publish = Publish(
+            self.output_topic,
+            chunk,
+            message_id=f"{self.job_id}:o{seq}",
+            job_id=self.job_id,
+            after_start=True,
+        )
+        self.unstored.append(OutputSealed(self.job_id, seq, flags, sealed, len(data), final))
+        if self.ctx.plane.publish_output(publish, partial(self._sent, len(data))):
+            if self.store_timer is None:
+                self.store_timer = self.ctx.loop.loop.call_later(STORE_WITHIN, self._store)
+        else:  # no output sink (the Gateway is restarting): its mailbox comes after the vault's
+            self._store()
+            self.ctx.router.publish(publish)
+            self.pump.sent(len(data))
+
+    def _sent(self, size: int) -> None:
+        assert self.pump is not None
+        self._store()
+        self.pump.sent(size)
+
+    def _store(self) -> None:
+        """Hand the vault every chunk emitted so far, in order.
+
+        It runs once a chunk has left (so the vault's thread is not woken while an echo is on
+        its way), after STORE_WITHIN at the latest (a publish held up by an outage or by the
+        job's order), when the session ends, and before any replay is asked of the vault (the
+        Gateway flushes every session first): a viewer that missed a chunk live asks for its
+        replay only after it was published, and finds it in the vault's mailbox ahead of its
+        request.
+        """
+        if self.store_timer is not None:
+            self.store_timer.cancel()
+            self.store_timer = None
+        pending, self.unstored = self.unstored, []
+        for sealed in pending:
+            self.ctx.router.tell(VAULT, sealed)
+
+    def _resize(self, rows: int, cols: int) -> None:
+        assert self.pty is not None
+        try:
+            self.pty.resize(rows, cols)
+        except (OSError, ValueError, ClosedError) as exc:
+            self.log.warning("job_resize_failed", rows=rows, cols=cols, error=str(exc))
 
 
 def _tell(ref: object, message: object) -> None:
@@ -186,149 +266,3 @@ def _tell(ref: object, message: object) -> None:
         ref.tell(message)  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - the session is already gone; nothing to tell
         return
-
-
-class Pump:
-    """Moves bytes between the PTY and the rest of the daemon; lives on the I/O loop only."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        pty: ptys.Pty,
-        *,
-        emit: Callable[[int, bytes, bool], None],
-        exited: Callable[[ExitStatus], None],
-    ) -> None:
-        self.loop = loop
-        self.pty = pty
-        self.emit = emit
-        self.exited = exited
-        self.seq = 0
-        self.buf = bytearray()
-        self.pending_writes = bytearray()
-        self.owed = 0
-        self.reading = False
-        self.eof = False
-        self.closed = False
-        self.last_flush = 0.0
-        self.flush_timer: asyncio.TimerHandle | None = None
-        self.exit_timer: asyncio.TimerHandle | None = None
-        self.typed_at: float | None = None  # when the last keystrokes went in, until echoed
-
-    def start(self) -> None:
-        self._resume()
-        self.exit_timer = self.loop.call_later(EXIT_POLL_SECONDS, self._poll_exit)
-
-    def _resume(self) -> None:
-        if not self.reading and not self.eof and not self.closed:
-            self.loop.add_reader(self.pty.fd, self._readable)
-            self.reading = True
-
-    def _pause(self) -> None:
-        if self.reading:
-            self.loop.remove_reader(self.pty.fd)
-            self.reading = False
-
-    def _readable(self) -> None:
-        try:
-            data = self.pty.read(MAX_CHUNK)
-        except BlockingIOError:
-            return
-        if not data:
-            self.eof = True
-            self._pause()
-            self._flush()
-            return
-        self.buf += data
-        if len(self.buf) >= MAX_CHUNK:
-            self._flush()
-        elif self.flush_timer is None:
-            if self.loop.time() - self.last_flush > IDLE_SECONDS:
-                self._flush()
-            else:
-                self.flush_timer = self.loop.call_later(COALESCE_SECONDS, self._flush)
-
-    def _flush(self, *, final: bool = False) -> None:
-        if self.flush_timer is not None:
-            self.flush_timer.cancel()
-            self.flush_timer = None
-        self.last_flush = self.loop.time()
-        if self.typed_at is not None and self.buf:
-            metrics.INPUT_ROUNDTRIP.observe(self.last_flush - self.typed_at)
-            self.typed_at = None
-        while self.buf or final:
-            piece = bytes(self.buf[:MAX_CHUNK])
-            del self.buf[:MAX_CHUNK]
-            last = final and not self.buf
-            self.emit(self.seq, piece, last)
-            metrics.OUTPUT_BYTES.inc(len(piece))
-            self.seq += 1
-            self.owed += len(piece)
-            if last:
-                break
-        if self.owed > HIGH_WATER:
-            self._pause()
-
-    def credit(self, size: int) -> None:
-        self.owed -= size
-        if self.owed < LOW_WATER:
-            self._resume()
-
-    def write(self, data: bytes) -> None:
-        if self.closed:
-            return
-        was_idle = not self.pending_writes
-        self.pending_writes += data
-        self.typed_at = self.loop.time()
-        if was_idle:
-            self._drain()
-
-    def _drain(self) -> None:
-        while self.pending_writes:
-            try:
-                n = self.pty.write(bytes(self.pending_writes))
-            except BlockingIOError:
-                self.loop.add_writer(self.pty.fd, self._writable)
-                return
-            except OSError:
-                self.pending_writes.clear()  # the child is gone; its exit is reported
-                return
-            del self.pending_writes[:n]
-
-    def _writable(self) -> None:
-        self.loop.remove_writer(self.pty.fd)
-        self._drain()
-
-    def _poll_exit(self) -> None:
-        self.exit_timer = None
-        if self.closed:
-            return
-        status = self.pty.poll()
-        if status is None:
-            self.exit_timer = self.loop.call_later(EXIT_POLL_SECONDS, self._poll_exit)
-            return
-        self._drain_output()
-        self._pause()
-        self._flush(final=True)
-        self.exited(status)
-
-    def _drain_output(self) -> None:
-        while not self.eof:
-            try:
-                data = self.pty.read(MAX_CHUNK)
-            except (BlockingIOError, OSError):
-                return
-            if not data:
-                return
-            self.buf += data
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self._pause()
-        self.loop.remove_writer(self.pty.fd)
-        self.closed = True
-        for timer in (self.flush_timer, self.exit_timer):
-            if timer is not None:
-                timer.cancel()
-        self.pty.close()

@@ -348,6 +348,15 @@ def _management(method: str, path: str) -> Any:
     return json.loads(body) if body else None
 
 
+def queue_names(prefix: str) -> list[str]:
+    """Names of the broker's queues that start with `prefix` (management API)."""
+    return sorted(
+        q["name"]
+        for q in _management("GET", "/api/queues/%2F?columns=name")
+        if q["name"].startswith(prefix)
+    )
+
+
 def delete_user_resources(user: str) -> None:
     """Delete every queue and exchange of a test user (management API)."""
     prefix = f"runlet.{user}"

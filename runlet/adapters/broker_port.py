@@ -21,6 +21,10 @@ class QueueSpec:
     exchange: str | None = None  # binding exchange; None → the user's exchange
     dead_letter: bool = True
     arguments: tuple[tuple[str, Any], ...] = ()
+    # False: the broker takes a delivery as settled once sent, and `ack()`/`reject()` do
+    # nothing. Only for a queue that dies with its connection (a viewer's own, exclusive),
+    # whose consumer settles each delivery on arrival anyway: it saves a frame per message.
+    acks: bool = True
 
 
 @dataclass(slots=True)

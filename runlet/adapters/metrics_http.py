@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from prometheus_client import start_http_server
 
+from runlet import metrics
 from runlet.config import MetricsConfig
 from runlet.errors import ConfigError
 
@@ -29,6 +29,9 @@ class MetricsEndpoint:
         if self.config is None or self._server is not None:
             return
         host, port = self.config.address
+        from prometheus_client import start_http_server  # only a process that serves them
+
+        metrics.define_all()  # every metric listed from the first scrape on
         try:
             self._server, self._thread = start_http_server(port, addr=host)
         except OSError as exc:

@@ -91,7 +91,8 @@ async def ping_daemon(
             pongs.put_nowait(msg)
 
     name = addresses.job_queue(client.config.user, "0" * 32, "pongs", client.viewer)
-    await client.broker.consume(QueueSpec(name, "exclusive", (reply,), dead_letter=False), on_pong)
+    spec = QueueSpec(name, "exclusive", (reply,), dead_letter=False, acks=False)
+    await client.broker.consume(spec, on_pong)
     stats = PingStats()
     for seq in range(1, probes.count + 1):
         stats.sent += 1
@@ -189,7 +190,8 @@ async def _wait_echo(
         if left <= 0:
             return None
         try:
-            msg = await asyncio.wait_for(inbox.get(), left)
+            async with asyncio.timeout(left):  # no task per wait, unlike wait_for
+                msg = await inbox.get()
         except TimeoutError:
             return None
         if isinstance(msg, OutputChunk):

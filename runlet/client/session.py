@@ -8,6 +8,8 @@ How a target is checked before anything is sent (a job for nobody is an error at
 - `node:N` — N's dispatch queue must exist (N has run at least once); with no consumer, N is
   offline and the job waits in its queue, up to the deadline;
 - `any` — the shared queue must exist; `all` / `tag:T` — the mandatory publish must route.
+
+A check holds for TARGET_CACHE_SECONDS on one client, so a batch of submits costs one look-up.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from runlet.adapters.logfile import FLAG_FINAL, open_output
 from runlet.config import Config
 from runlet.errors import CryptoError, NoSuchTarget, ProtocolError
 from runlet.protocol import addresses, wire
-from runlet.protocol.crypto import FleetKey
+from runlet.protocol.crypto import FleetKey, JobKey
 from runlet.protocol.messages import (
     ControlSent,
     InputSent,
@@ -37,6 +39,8 @@ from runlet.protocol.payloads import Control, JobSpec, seal_input
 from runlet.protocol.states import shell_status
 
 Say = Callable[[str], None]
+
+TARGET_CACHE_SECONDS = 1.0  # how long a target's check holds for the next submits
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,8 @@ class Client:
             prefetch=1000,
         )
         self._seq = 0
+        self._input_keys: dict[str, JobKey] = {}
+        self._targets: dict[str, tuple[float, bool]] = {}  # queue → (when looked up, offline)
 
     async def __aenter__(self) -> Client:
         await self.broker.connect()
@@ -125,7 +131,9 @@ class Client:
             except ProtocolError:
                 watch.rejected += 1
 
-        await self.broker.consume(QueueSpec(name, "exclusive", keys, dead_letter=False), on_message)
+        # exclusive: it dies with the connection, so acks would keep nothing; none are sent
+        spec = QueueSpec(name, "exclusive", keys, dead_letter=False, acks=False)
+        await self.broker.consume(spec, on_message)
         return watch
 
     # -- submitting --------------------------------------------------------------------------
@@ -166,21 +174,32 @@ class Client:
 
     async def _target_offline(self, kind: str, name: str, target: str) -> bool:
         if kind == "node":
-            info = await self.broker.queue_info(addresses.dispatch_queue(self.config.user, name))
+            queue = addresses.dispatch_queue(self.config.user, name)
         elif kind == "any":
-            info = await self.broker.queue_info(addresses.any_queue(self.config.user))
+            queue = addresses.any_queue(self.config.user)
         else:
             return False  # fan-out: the mandatory publish tells whether any node serves it
+        # a batch of submits asks the broker once (the look-up opens a channel), not per job
+        cached = self._targets.get(queue)
+        if cached is not None and time.monotonic() - cached[0] < TARGET_CACHE_SECONDS:
+            return cached[1]
+        info = await self.broker.queue_info(queue)
         if info is None:
+            self._targets.pop(queue, None)
             raise NoSuchTarget(target)
-        return info[1] == 0
+        offline = info[1] == 0
+        self._targets[queue] = (time.monotonic(), offline)
+        return offline
 
     # -- talking to a job --------------------------------------------------------------------
 
     async def send_input(self, job_id: str, data: bytes, *, confirm: bool = False) -> None:
         """Type `data` into a running job; with `confirm`, fail if no node runs it."""
         seq = self.next_seq()
-        sealed = seal_input(self.key.job_key(job_id), self.viewer, seq, data)
+        key = self._input_keys.get(job_id)
+        if key is None:  # derived once per job: a keystroke is a hot path
+            key = self._input_keys[job_id] = self.key.job_key(job_id)
+        sealed = seal_input(key, self.viewer, seq, data)
         body = wire.encode(InputSent(job_id, self.viewer, seq, sealed))
         await self.broker.publish(
             addresses.input_key(job_id),

@@ -97,3 +97,20 @@ class ExitStatus:
         if self.code is None:  # pragma: no cover - ruled out by __post_init__
             raise AssertionError(self)
         return self.code
+
+
+def recorded_exit(
+    status: ExitStatus | None, detail: str | None
+) -> tuple[int | None, int | None, str | None]:
+    """(exit code, signal, detail) as journal and ledger record them: a code in 0..255 (one
+    outside, such as Windows' 0xC000013A, becomes 255 and is named in the detail), a signal
+    in 1..127."""
+    code = status.code if status else None
+    sig = status.signal if status else None
+    if code is not None and not 0 <= code <= 255:
+        named = f"exit code {code:#x}"
+        detail = f"{detail}; {named}" if detail else named
+        code = 255
+    if sig is not None and not 1 <= sig <= 127:
+        sig = 127
+    return code, sig, detail

@@ -7,10 +7,12 @@ it cleanly on SIGTERM/SIGINT, returning the process exit status.
 
 from __future__ import annotations
 
+import gc
 import signal
 
 import structlog
 
+from runlet import metrics
 from runlet.adapters.metrics_http import MetricsEndpoint
 from runlet.config import Config
 from runlet.runtime.actor import Context
@@ -56,7 +58,14 @@ def run_in_foreground(role: Role) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if role.config.metrics is None:
+        metrics.count_nothing()  # a whole process with no endpoint: nobody could read them
     role.start()
+    # What lives as long as the process (modules, classes, config) leaves the collector's
+    # sight: a full collection no longer walks it (about 10 ms on a small machine, enough to
+    # show in a keystroke's p99), and what comes later is collected as before.
+    gc.collect()
+    gc.freeze()
     while not role.wait(0.5):
         pass
     return role.stop()

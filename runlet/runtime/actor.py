@@ -27,8 +27,9 @@ import structlog
 
 from runlet import metrics
 from runlet.runtime.local_messages import ChildDied, ForgetChild, Publish, RestartChild, StartChild
-from runlet.runtime.loop import LoopThread
+from runlet.runtime.loop import LoopThread, LoopTimer
 from runlet.runtime.names import GATEWAY, SUPERVISOR
+from runlet.runtime.plane import DataPlane
 
 log = structlog.get_logger(__name__)
 
@@ -125,6 +126,7 @@ class Context:
     loop: LoopThread
     settings: Any
     clock: Callable[[], float] = time.time
+    plane: DataPlane = field(default_factory=DataPlane)
     services: dict[str, Any] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)
     exit_code: list[int] = field(default_factory=list)
@@ -179,20 +181,9 @@ class Actor(pykka.ThreadingActor):
         if not self.ctx.stopping.is_set():
             self.ctx.router.tell(SUPERVISOR, ChildDied(self.name, repr(exc)))
 
-    def tell_self_later(self, delay: float, message: object) -> threading.Timer:
-        """Deliver `message` to this actor after `delay` seconds (a timer thread)."""
-        ref = self.actor_ref
-
-        def fire() -> None:
-            try:
-                ref.tell(message)
-            except pykka.ActorDeadError:
-                return
-
-        timer = threading.Timer(delay, fire)
-        timer.daemon = True
-        timer.start()
-        return timer
+    def tell_self_later(self, delay: float, message: object) -> LoopTimer:
+        """Deliver `message` to this actor after `delay` seconds (a timer on the I/O loop)."""
+        return self.ctx.loop.call_later(delay, _tell_quietly, self.actor_ref, message)
 
 
 Factory = Callable[[], pykka.ActorRef[Any]]
@@ -269,10 +260,7 @@ class Supervisor(pykka.ThreadingActor):
             return
         delay = min(0.05 * 2 ** (len(recent) - 1), 5.0)
         log.error("actor_restarting", actor=name, error=error, delay=delay)
-        ref = self.actor_ref
-        timer = threading.Timer(delay, lambda: _tell_quietly(ref, RestartChild(name)))
-        timer.daemon = True
-        timer.start()
+        self.ctx.loop.call_later(delay, _tell_quietly, self.actor_ref, RestartChild(name))
 
 
 def _tell_quietly(ref: pykka.ActorRef[Any], message: object) -> None:

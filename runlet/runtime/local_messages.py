@@ -63,6 +63,14 @@ class OpenJobQueues:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseOutput:
+    """Output of a job the Gateway had no lane for yet may go, in its turn (after the job's
+    queue operations told before it)."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class CloseJobQueues:
     """Delete a finished job's queues."""
 
@@ -158,6 +166,21 @@ class OutputProduced:
     seq: int
     at: float
     data: bytes
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSealed:
+    """Output chunk `seq`, sealed and published by its session: the vault only stores it.
+
+    `size` is the plaintext's length, the credit the vault gives back with `OutputStored`.
+    """
+
+    job_id: str
+    seq: int
+    flags: int
+    sealed: bytes
+    size: int
     final: bool = False
 
 

@@ -70,6 +70,17 @@ class LoopThread:
         if not self._closed:
             self.loop.call_soon_threadsafe(fn, *args)
 
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> LoopTimer:
+        """Run a plain callable on the loop after `delay` seconds (thread-safe); cancellable.
+
+        Timers live on the loop, not in a thread each: a daemon with a thousand jobs waiting
+        on a timeout holds a thousand heap entries, not a thousand threads.
+        """
+        timer = LoopTimer()
+        if not self._closed:
+            self.loop.call_soon_threadsafe(timer.arm, self.loop, delay, fn, args)
+        return timer
+
     def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Block the calling (non-loop) thread until `coro` finishes on the loop."""
         if self.in_loop():
@@ -98,6 +109,48 @@ class LoopThread:
             self._thread.join(timeout)
         if not self.loop.is_running():
             self.loop.close()
+
+
+class LoopTimer:
+    """A `call_later` that may be cancelled from any thread, even before the loop has armed it."""
+
+    __slots__ = ("_cancelled", "_handle", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._handle: asyncio.TimerHandle | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def arm(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        delay: float,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> None:
+        """On the loop: schedule `fn(*args)` unless the timer was cancelled meanwhile."""
+        with self._lock:
+            if not self._cancelled:
+                self._handle = loop.call_later(delay, self._fire, fn, args)
+
+    def _fire(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            self._handle = None
+        fn(*args)
+
+    def cancel(self) -> None:
+        """Stop the timer from firing; idempotent, from any thread."""
+        with self._lock:
+            self._cancelled = True
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()  # TimerHandle.cancel only marks it: safe off the loop
 
 
 def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

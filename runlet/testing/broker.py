@@ -80,6 +80,10 @@ class MemoryIncoming:
             self.broker._enqueue(self.queue, self.message, redelivered=True)
 
     def _settle(self, how: str) -> bool:
+        spec = self.broker.queues[self.queue].spec
+        if not spec.acks:  # settled when it was sent; a reject still dead-letters it
+            self.settled = self.settled or "auto"
+            return how == "reject" and spec.dead_letter and self not in self.broker.dead
         if self.settled is not None:
             return False  # the real channel would close; here the first settlement stands
         self.settled = how

@@ -51,7 +51,7 @@ def run(bench: Bench) -> Section:
     )
     rows = [
         Row(5, "daemon RSS, idle", "MiB", mib(idle_rss),
-            target=Target("abs_max", 40.0, "<= 40 MiB"), note=note),
+            target=Target("abs_max", 32.0, "<= 32 MiB"), note=note),
         Row(5, "daemon RSS, 10 interactive jobs", "MiB", mib(busy_rss),
             note="the daemon process alone; its jobs' children are not counted"),
         Row(5, "daemon CPU, idle", "% of a core", Figure.of([c * 100 for c in idle_cpu.values()])),

@@ -79,7 +79,9 @@ def run(bench: Bench) -> Section:
         Row(1, "keystroke echo p50", "ms", fig("runlet", 0.5), b, fig("ssh", 0.5)),
         Row(1, "keystroke echo p50", "ms", fig("runlet", 0.5), c, fig("pty", 0.5)),
         Row(1, "keystroke echo p99", "ms", fig("runlet", 0.99), a, fig("bare", 0.99),
-            Target("abs_max", 5.0, "< 5 ms")),
+            Target("ratio_max", 2.0, "≤ 2x (a)")),
+        Row(1, "keystroke echo p99", "ms", fig("runlet", 0.99), target=Target(
+            "abs_max", 5.0, "< 5 ms")),
         Row(1, "keystroke echo p99", "ms", fig("runlet", 0.99), b, fig("ssh", 0.99)),
         Row(1, "keystroke echo p99", "ms", fig("runlet", 0.99), c, fig("pty", 0.99)),
         Row(1, "(info) daemon ping, no PTY, p50", "ms", fig("daemon", 0.5), a, fig("bare", 0.5),

@@ -25,6 +25,7 @@ from tests.bench import (
     bench_footprint,
     bench_jobs,
     bench_keystroke,
+    bench_oneshot,
     bench_output,
     bench_paste,
 )
@@ -39,6 +40,7 @@ MEASUREMENTS: dict[int, tuple[str, Callable[[Bench], Section]]] = {
     4: ("job throughput", bench_jobs.run),
     5: ("daemon footprint", bench_footprint.run),
     6: ("fleet", bench_fleet.run),
+    7: ("one-shot", bench_oneshot.run),
 }
 
 

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from runlet.client.session import Client
+from runlet.protocol import addresses
 from runlet.protocol.payloads import JobSpec
-from tests.support import EVENT_SECONDS, Fleet, follow_to_end, run, wait_state
+from tests.support import (
+    EVENT_SECONDS,
+    Fleet,
+    follow_to_end,
+    queue_names,
+    run,
+    wait_for,
+    wait_state,
+)
 
 PROMPT = 'printf "Continue? [y/N] "; read a; echo "answer=$a"; exit 3'
 
@@ -57,3 +68,31 @@ def test_ping_reaches_the_daemon_and_a_pty_echo(fleet: Fleet) -> None:
 
     run(scenario())
     assert [seq for seq, _ in seen] == [1, 2, 3, 4, 5]
+
+
+def test_a_finished_jobs_own_queues_are_gone_from_the_broker(fleet: Fleet) -> None:
+    """A running job has its input and control queues; once it has ended both are gone."""
+    fleet.start_daemon("edge-2")
+    job_id = "0" * 31 + "2"
+    own = (
+        addresses.job_queue(fleet.user, job_id, "input"),
+        addresses.job_queue(fleet.user, job_id, "control"),
+    )
+
+    def queues() -> list[str]:
+        return [name for prefix in own for name in queue_names(prefix)]
+
+    async def scenario() -> None:
+        async with Client(fleet.client_config("edge-1"), fleet.key) as client:
+            watch = await client.watch(job_id)
+            await client.submit(JobSpec(("cat",)), "node:edge-2", job_id=job_id)
+            await wait_state(watch, job_id, "running")
+            await asyncio.to_thread(
+                wait_for, lambda: len(queues()) == 2, EVENT_SECONDS, "both queues"
+            )
+            await client.send_input(job_id, b"\x04", confirm=True)  # Ctrl-D: cat ends
+            _, final = await follow_to_end(client, watch, job_id)
+            assert final.state == "exited"
+
+    run(scenario())
+    wait_for(lambda: queues() == [], EVENT_SECONDS, "the job's queues deleted")

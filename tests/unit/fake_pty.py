@@ -20,10 +20,14 @@ class FakePty:
     """A Pty with no process: the test feeds its output and ends it; it records the rest.
 
     `fd` is one end of a socket pair, readable exactly while output (or its end) is waiting
-    and always writable, so a loop watches it as it watches a real PTY's master.
+    and always writable, so a loop watches it as it watches a real PTY's master. With
+    `watch_exit`, `exit_fd()` is another, readable once the job has ended (as a pidfd is);
+    without it there is none and the exit must be polled.
     """
 
-    def __init__(self, pid: int = 4242, *, read_size: int | None = None) -> None:
+    def __init__(
+        self, pid: int = 4242, *, read_size: int | None = None, watch_exit: bool = False
+    ) -> None:
         self.pid = pid
         self.read_size = read_size  # at most this much per read (a real PTY gives 1-4 KiB)
         self.calls = Inbox()  # ("write", data), ("resize", rows, cols), ("signal", sig), ("close",)
@@ -32,6 +36,7 @@ class FakePty:
         self.write_error: OSError | None = None
         self._watched, self._poke = socket.socketpair()
         self._watched.setblocking(False)
+        self._exit_pair = socket.socketpair() if watch_exit else None
         self._lock = threading.Lock()
         self._output = bytearray()
         self._eof = False
@@ -48,10 +53,19 @@ class FakePty:
             self._output += data
             self._update()
 
-    def exit(self, status: ExitStatus) -> None:
-        """The job ends: its output ends (once read) and poll() reports `status`."""
+    def exit(self, status: ExitStatus, *, output_ends: bool = True) -> None:
+        """The job ends: poll() reports `status`, and its output ends (once read) unless
+        something else still holds the terminal open (`output_ends` False: `end_output()`)."""
         with self._lock:
             self._status = status
+            self._eof = self._eof or output_ends
+            self._update()
+            if self._exit_pair is not None:
+                self._exit_pair[1].send(b"!")
+
+    def end_output(self) -> None:
+        """The last holder of the terminal closes it: the output ends once read."""
+        with self._lock:
             self._eof = True
             self._update()
 
@@ -73,6 +87,8 @@ class FakePty:
     def dispose(self) -> None:
         self._watched.close()
         self._poke.close()
+        for end in self._exit_pair or ():
+            end.close()
 
     def _update(self) -> None:  # under the lock: readable iff something is waiting
         ready = bool(self._output) or self._eof
@@ -122,6 +138,9 @@ class FakePty:
     def poll(self) -> ExitStatus | None:
         with self._lock:
             return self._status
+
+    def exit_fd(self) -> int | None:
+        return None if self._exit_pair is None or self._closed else self._exit_pair[0].fileno()
 
     def wait(self, timeout: float | None = None) -> ExitStatus | None:
         raise AssertionError("nothing in a session may block on wait()")

@@ -1,6 +1,7 @@
 """The Broker Gateway, through its mailbox, on the in-memory broker (runlet.testing): no network.
 
-It routes each delivery to the actor of its concern and settles it as that actor says,
+It routes each delivery to the actor of its concern and settles it as that actor says (a
+keystroke to its session's input sink on the loop, when the session lends one),
 dead-letters what it cannot decode, answers pings itself, opens and closes a job's queues,
 and keeps each job's messages in order (state changes one after the other, output only once
 `running` has left).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +24,14 @@ import pytest
 
 from actors.broker_gateway import BrokerGateway
 from runlet.protocol import addresses, wire
-from runlet.protocol.messages import InputSent, JobStateChanged, Ping, Pong, StartJob
+from runlet.protocol.messages import (
+    InputSent,
+    JobStateChanged,
+    Ping,
+    Pong,
+    ReplayRequested,
+    StartJob,
+)
 from runlet.runtime.actor import Context
 from runlet.runtime.local_messages import (
     CloseJobQueues,
@@ -179,7 +188,152 @@ def test_input_goes_to_the_jobs_session_only_on_its_own_queue(rig: Rig) -> None:
     rig.inject(queue, wire.encode(InputSent(JOB, "v1", 0, b"\0" * 40)))
     assert isinstance(session.wait_of(Delivered)[0].message, InputSent)
     other = rig.inject(queue, wire.encode(InputSent("f" * 32, "v1", 0, b"\0" * 40)))
-    assert other.settled == "reject"
+    assert other in rig.broker.dead
+
+
+def open_input_queue(rig: Rig) -> str:
+    rig.tell(OpenJobQueues(JOB, input=True, control=True))
+    prefix = addresses.job_queue(USER, JOB, "input")
+    wait_for(lambda: bool(rig.broker.known_queues(prefix)), what="the input queue")
+    (queue,) = rig.broker.known_queues(prefix)
+    return queue
+
+
+def test_input_goes_to_the_sessions_input_sink_and_is_settled_by_its_answer(rig: Rig) -> None:
+    """With an input sink lent for the job, a keystroke is handed to it in the consumer's own
+    callback, and dead-lettered when the sink refuses it; no mailbox is involved."""
+    typed: list[InputSent] = []
+
+    def sink(sent: InputSent) -> str | None:
+        typed.append(sent)
+        return None if sent.seq == 0 else "bad seal"
+
+    async def lend() -> None:
+        rig.ctx.plane.attach_input(JOB, sink)
+
+    session, _ = add_fake(rig.ctx, session_name(JOB))
+    queue = open_input_queue(rig)
+    rig.on_loop(lend)
+    good = rig.inject(queue, wire.encode(InputSent(JOB, "v1", 0, b"\0" * 40)))
+    assert typed == [InputSent(JOB, "v1", 0, b"\0" * 40)]
+    assert good not in rig.broker.dead
+    before = sample("runlet_rejected_messages_total", queue="actor", reason="refused")
+    bad = rig.inject(queue, wire.encode(InputSent(JOB, "v1", 1, b"\0" * 40)))
+    assert bad in rig.broker.dead
+    assert sample("runlet_rejected_messages_total", queue="actor", reason="refused") == before + 1
+    assert session.all() == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"\xc1garbage", id="garbage"),
+        pytest.param(wire.encode(InputSent(JOB, "v1", 0, b"\0" * 40))[:-2], id="truncated"),
+        pytest.param(wire.encode(Ping(1, 1.0)), id="wrong-type"),
+        pytest.param(wire.encode(InputSent("f" * 32, "v1", 0, b"\0" * 40)), id="other-job"),
+    ],
+)
+def test_bad_input_never_reaches_the_input_sink(rig: Rig, body: bytes) -> None:
+    """Undecodable input, another type, or another job's input is dead-lettered unseen."""
+    typed: list[InputSent] = []
+
+    async def lend() -> None:
+        rig.ctx.plane.attach_input(JOB, typed.append)
+
+    queue = open_input_queue(rig)
+    rig.on_loop(lend)
+    assert rig.inject(queue, body) in rig.broker.dead
+    assert typed == []
+
+
+def test_the_input_queue_is_consumed_without_acks(rig: Rig) -> None:
+    """A keystroke costs no ack frame: the input queue dies with the connection anyway."""
+    queue = open_input_queue(rig)
+    assert not rig.broker.queues[queue].spec.acks
+
+
+def test_output_through_the_output_sink_keeps_the_jobs_order(held: Rig) -> None:
+    """A chunk handed to the Gateway's output sink waits for `running` as one told does, and
+    its `on_sent` is called once it has left."""
+    sent = threading.Event()
+
+    async def hand() -> bool:
+        return held.ctx.plane.publish_output(output(JOB, 0), sent.set)
+
+    held.tell(OpenJobQueues(JOB, input=False, control=True, announce=state(JOB, 0)))
+    held.confirm(f"{JOB}:0")
+    settled(held, [f"{JOB}:0"])
+    assert held.on_loop(hand)
+    held.tell(OpenJobQueues(JOB, input=True, control=False, announce=state(JOB, 1, "running")))
+    assert not sent.wait(0.2)
+    held.confirm(f"{JOB}:1")
+    settled(held, [f"{JOB}:0", f"{JOB}:1", f"{JOB}:o0"])
+    assert sent.wait(DEADLINE)
+
+
+def test_output_at_the_sink_before_the_jobs_lane_exists_waits_for_its_turn(held: Rig) -> None:
+    """A chunk that reaches the output sink while the job's OpenJobQueues still waits in the
+    mailbox is held behind it: it leaves after `running`, not before `queued`."""
+
+    async def race() -> None:  # in one loop callback: the lane cannot exist in between
+        held.ctx.router.tell(
+            GATEWAY, OpenJobQueues(JOB, input=False, control=True, announce=state(JOB, 0))
+        )
+        assert held.ctx.plane.publish_output(output(JOB, 0))
+
+    held.on_loop(race)
+    held.confirm(f"{JOB}:0")
+    settled(held, [f"{JOB}:0"])
+    held.tell(OpenJobQueues(JOB, input=True, control=False, announce=state(JOB, 1, "running")))
+    held.confirm(f"{JOB}:1")
+    settled(held, [f"{JOB}:0", f"{JOB}:1", f"{JOB}:o0"])
+
+
+def test_output_at_the_sink_for_a_job_without_a_lane_leaves_after_the_mailbox(
+    held: Rig,
+) -> None:
+    """A chunk of a job the Gateway has no lane for (closed, or never opened) is not held."""
+
+    async def hand() -> bool:
+        return held.ctx.plane.publish_output(output("9" * 32, 4))
+
+    assert held.on_loop(hand)
+    settled(held, [f"{'9' * 32}:o4"])
+
+
+def test_a_stopped_gateway_withdraws_its_output_sink(rig: Rig) -> None:
+    """Once the Gateway stops, output takes the mailbox path (held for its next instance)."""
+
+    async def has_sink() -> bool:
+        return rig.ctx.plane.statistics()["output_sink"] == 1
+
+    assert rig.on_loop(has_sink)
+    (ref,) = pykka.ActorRegistry.get_by_class(BrokerGateway)
+    ref.stop(block=True, timeout=DEADLINE)
+    assert not rig.on_loop(has_sink)
+
+
+def test_a_replay_request_flushes_every_sessions_store_before_it_goes_on(rig: Rig) -> None:
+    """The vault must hold every chunk published before a replay is asked of it: the
+    Gateway runs the sessions' store flushes, then routes the request to the Job Queue."""
+    order: list[str] = []
+
+    def flush() -> None:
+        order.append("flushed")
+        assert rig.job_queue.of(Delivered) == []  # not passed on yet
+
+    async def lend() -> None:
+        rig.ctx.plane.attach_store(JOB, flush)
+
+    rig.on_loop(lend)
+    rig.inject(
+        addresses.rpc_queue(USER, "node1"),
+        wire.encode(ReplayRequested(JOB, 0)),
+        reply_to=addresses.reply_key("viewer1", JOB),
+    )
+    (delivered,) = rig.job_queue.wait_of(Delivered)
+    assert isinstance(delivered.message, ReplayRequested)
+    assert order == ["flushed"]
 
 
 def test_closing_a_job_deletes_its_queues(rig: Rig) -> None:

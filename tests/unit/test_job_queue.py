@@ -109,8 +109,10 @@ class Node:
 
     def quiet(self) -> None:
         """Return once queue, governor and supervisor handled everything caused so far."""
-        for _ in range(2):
+        commits = self.queue.proxy().commits.get(timeout=DEADLINE)
+        for _ in range(3):
             self.queue.ask(SessionEnded("-barrier-", "exited"), timeout=DEADLINE)
+            assert commits.wait_idle(DEADLINE)  # and what waited for the journal's sync
             if self.governor is None:
                 self.governor_ref.proxy().max_parallel.get(timeout=DEADLINE)
             self.supervisor.ask(ForgetChild("-nobody-"), timeout=DEADLINE)

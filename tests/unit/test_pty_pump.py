@@ -1,4 +1,4 @@
-"""The PTY Session's Pump on a SteppedLoop over a FakePty: coalescing, exit, input, close.
+"""The Pump on a SteppedLoop over a FakePty: coalescing, backpressure, exit, input, close.
 
 The loop runs only when the test steps it and its clock moves only when the test advances it,
 so "sent at once" and "sent after the coalescing delay" are exact, not a matter of timing.
@@ -10,11 +10,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors.pty_session import (
+from runlet.adapters.ptys.pump import (
     COALESCE_SECONDS,
+    EXIT_DRAIN_SECONDS,
     EXIT_POLL_SECONDS,
     HIGH_WATER,
     IDLE_SECONDS,
+    LOW_WATER,
     Pump,
 )
 from runlet.protocol.messages import MAX_CHUNK
@@ -29,10 +31,10 @@ EXITED_3 = ExitStatus(code=3, signal=None)
 class Bench:
     """A Pump on a SteppedLoop over a FakePty, recording what it emits and the exit it sees."""
 
-    def __init__(self, *, read_size: int | None = None) -> None:
+    def __init__(self, *, read_size: int | None = None, watch_exit: bool = False) -> None:
         self.clock = FakeClock(NOW)
         self.loop = SteppedLoop(self.clock)
-        self.pty = FakePty(read_size=read_size)
+        self.pty = FakePty(read_size=read_size, watch_exit=watch_exit)
         self.chunks: list[tuple[int, bytes, bool]] = []
         self.exits: list[ExitStatus] = []
         self.pump = Pump(self.loop, self.pty, emit=self._emit, exited=self.exits.append)
@@ -57,6 +59,7 @@ class Bench:
 
     def close(self) -> None:
         self.pump.close()
+        self.pty.calls.wait(lambda calls: ("close",) in calls, what="the PTY closed")
         self.loop.close()
         self.pty.dispose()
 
@@ -71,6 +74,13 @@ def bench() -> Iterator[Bench]:
 @pytest.fixture
 def small_reads() -> Iterator[Bench]:
     bench = Bench(read_size=4096)
+    yield bench
+    bench.close()
+
+
+@pytest.fixture
+def watched() -> Iterator[Bench]:
+    bench = Bench(watch_exit=True)
     yield bench
     bench.close()
 
@@ -102,6 +112,23 @@ def test_output_right_after_a_chunk_waits_briefly_for_more(bench: Bench) -> None
     assert bench.chunks == [(0, b"first", False), (1, b"second", False)]
 
 
+def test_the_echo_of_keystrokes_leaves_at_once_even_right_after_a_chunk(bench: Bench) -> None:
+    """Output that follows typed input is not held for coalescing, however recent the last
+    chunk; output after that, with nothing typed, is coalesced again."""
+    bench.pty.output(b"$ ")
+    bench.loop.step()
+    bench.pump.write(b"l")
+    bench.pty.output(b"l")
+    bench.loop.step()
+    assert bench.chunks == [(0, b"$ ", False), (1, b"l", False)]
+    bench.pty.output(b"more")
+    bench.loop.step()
+    assert len(bench.chunks) == 2
+    bench.clock.advance(COALESCE_SECONDS)
+    bench.loop.step()
+    assert bench.chunks[2:] == [(2, b"more", False)]
+
+
 def test_a_flood_is_coalesced_into_chunks_of_the_limit(small_reads: Bench) -> None:
     """Many small reads in a burst go out as MAX_CHUNK chunks; the rest after the delay."""
     flood = bytes(range(256)) * 800 + b"tail"
@@ -114,6 +141,79 @@ def test_a_flood_is_coalesced_into_chunks_of_the_limit(small_reads: Bench) -> No
     assert [seq for seq, _, _ in small_reads.chunks] == list(range(5))
     assert b"".join(data for _, data, _ in small_reads.chunks) == flood
     assert not any(final for _, _, final in small_reads.chunks)
+
+
+def test_a_flood_in_reads_that_do_not_divide_the_limit_still_leaves_in_whole_chunks() -> None:
+    """Past MAX_CHUNK only whole chunks leave; the rest waits for more, or for its timer."""
+    bench = Bench(read_size=40_000)
+    try:
+        flood = b"y" * 200_000
+        bench.pty.output(flood)
+        bench.drain()
+        sizes = [len(data) for _, data, _ in bench.chunks]
+        assert sizes == [40_000, MAX_CHUNK, MAX_CHUNK]  # the first read left at once (idle)
+        bench.clock.advance(COALESCE_SECONDS)
+        bench.loop.step()
+        sizes = [len(data) for _, data, _ in bench.chunks]
+        assert sizes == [40_000, MAX_CHUNK, MAX_CHUNK, 200_000 - 40_000 - 2 * MAX_CHUNK]
+    finally:
+        bench.close()
+
+
+def test_reading_stops_while_too_much_is_unsent_and_resumes_once_it_has_left(
+    bench: Bench,
+) -> None:
+    """Stored but not yet published past HIGH_WATER: the pump waits for `sent` under LOW_WATER."""
+    bench.pty.output(b"z" * (HIGH_WATER + 4 * MAX_CHUNK))
+    bench.drain()
+    emitted = sum(len(data) for _, data, _ in bench.chunks)
+    assert emitted == HIGH_WATER + MAX_CHUNK  # the chunk that crossed the mark, then a stop
+    bench.pump.credit(emitted)  # all stored: still unsent
+    bench.drain()
+    assert sum(len(data) for _, data, _ in bench.chunks) == emitted
+    bench.pump.sent(emitted - LOW_WATER)  # exactly LOW_WATER unsent: not enough
+    bench.drain()
+    assert sum(len(data) for _, data, _ in bench.chunks) == emitted
+    bench.pump.sent(1)
+    bench.drain()
+    assert sum(len(data) for _, data, _ in bench.chunks) == HIGH_WATER + 4 * MAX_CHUNK
+
+
+def test_a_watched_exit_is_seen_at_once_without_any_timer(watched: Bench) -> None:
+    """With an exit fd, the exit ends the output in the loop round it happens in."""
+    watched.pty.output(b"bye")
+    watched.loop.step()
+    watched.pty.exit(EXITED_3)
+    watched.loop.step()
+    assert watched.chunks == [(0, b"bye", False), (1, b"", True)]
+    assert watched.exits == [EXITED_3]
+
+
+def test_output_after_a_watched_exit_is_awaited_until_the_terminal_closes(
+    watched: Bench,
+) -> None:
+    """An exit seen before the output's end waits for it: late output goes before FINAL."""
+    watched.pty.exit(EXITED_3, output_ends=False)
+    watched.loop.step()
+    assert (watched.chunks, watched.exits) == ([], [])
+    watched.pty.output(b"late")
+    watched.loop.step()
+    watched.pty.end_output()
+    watched.loop.step()
+    assert watched.chunks == [(0, b"late", False), (1, b"", True)]
+    assert watched.exits == [EXITED_3]
+
+
+def test_a_terminal_held_open_after_the_exit_is_waited_for_only_briefly(watched: Bench) -> None:
+    """A background process keeping the terminal open delays the end by EXIT_DRAIN_SECONDS."""
+    watched.pty.exit(EXITED_3, output_ends=False)
+    watched.loop.step()
+    watched.clock.advance(EXIT_DRAIN_SECONDS / 2)
+    watched.loop.step()
+    assert watched.exits == []
+    watched.clock.advance(EXIT_DRAIN_SECONDS / 2)
+    watched.loop.step()
+    assert (watched.chunks, watched.exits) == ([(0, b"", True)], [EXITED_3])
 
 
 def test_the_exit_is_polled_and_followed_by_an_empty_final_chunk(bench: Bench) -> None:
@@ -172,6 +272,7 @@ def test_a_closed_pump_neither_reads_nor_polls_and_closes_once(bench: Bench) -> 
     """After close() the PTY is closed once, output is not read, the exit is not reported."""
     bench.pump.close()
     bench.pump.close()
+    bench.pty.calls.wait(lambda calls: ("close",) in calls, what="the PTY closed")
     bench.pump.write(b"ignored")
     bench.pty.exit(EXITED_3)
     bench.clock.advance(EXIT_POLL_SECONDS)

@@ -1,4 +1,5 @@
-"""The PTY Session through its mailbox: start, input, control, exit, output and backpressure.
+"""The PTY Session through its mailbox and its data plane: start, input, control, exit, output
+and backpressure.
 
 The session takes its PTY from the `spawn` service: here a `FakePty` (tests/unit/fake_pty.py),
 whose output the test writes and whose exit it decides. The last tests use the real
@@ -11,20 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pykka
 import pytest
 
-from actors.pty_session import HIGH_WATER, LOW_WATER, PtySession
+from actors import pty_session
+from actors.pty_session import PtySession
+from runlet.adapters.logfile import FLAG_FINAL, open_output
 from runlet.adapters.ptys import DEFAULT_TERM
+from runlet.adapters.ptys.pump import HIGH_WATER, LOW_WATER
 from runlet.errors import SpawnFailed
 from runlet.protocol import addresses, wire
 from runlet.protocol.crypto import FleetKey
-from runlet.protocol.messages import MAX_CHUNK, InputSent, StartJob
+from runlet.protocol.messages import MAX_CHUNK, InputSent, OutputChunk, StartJob
 from runlet.protocol.payloads import JobSpec, seal_input
 from runlet.protocol.states import ExitStatus
 from runlet.runtime.actor import Context
@@ -33,8 +37,9 @@ from runlet.runtime.local_messages import (
     ForgetChild,
     GraceExpired,
     OpenLog,
-    OutputProduced,
+    OutputSealed,
     OutputStored,
+    Publish,
     ResizeSession,
     SessionEnded,
     SessionStarted,
@@ -45,8 +50,9 @@ from runlet.runtime.local_messages import (
 )
 from runlet.runtime.names import GATEWAY, JOB_QUEUE, SUPERVISOR, VAULT, session_name
 from tests.unit.fake_pty import FakePty
-from tests.unit.fakes import DEADLINE, add_fake, running_context, sample, sync
+from tests.unit.fakes import DEADLINE, add_fake, running_context, sample, sync, wait_for
 
+T = TypeVar("T")
 NOW = 1_000_000.0  # what the context's FakeClock says: the stamp on every chunk
 VIEWER = "laptop"
 EXITED_3 = ExitStatus(code=3, signal=None)
@@ -97,7 +103,7 @@ class Rig:
             ctx.services["spawn"] = self.spawner
         self.job_queue, _ = add_fake(ctx, JOB_QUEUE)
         self.vault, self.vault_ref = add_fake(ctx, VAULT)
-        self.gateway, _ = add_fake(ctx, GATEWAY)
+        self.gateway, self.gateway_ref = add_fake(ctx, GATEWAY)
         self.supervisor, _ = add_fake(ctx, SUPERVISOR)
         self.job_id = addresses.new_job_id()
         self.session: pykka.ActorRef[Any] | None = None
@@ -144,6 +150,26 @@ class Rig:
         self.tell(Delivered(self.tokens, InputSent(self.job_id, viewer, seq, sealed)))
         return self.tokens
 
+    def on_loop(self, fn: Callable[[], T]) -> T:
+        """Call `fn` on the I/O loop, as the Gateway's consumer would; returns its result."""
+
+        async def run() -> T:
+            return fn()
+
+        return self.ctx.loop.run_sync(run(), timeout=DEADLINE)
+
+    def sink_type(self, data: bytes, seq: int, *, sealed: bytes = b"") -> str | None:
+        """Hand keystrokes to the session's input sink on the loop; returns its answer."""
+        sealed = sealed or seal_input(self.key.job_key(self.job_id), VIEWER, seq, data)
+        sent = InputSent(self.job_id, VIEWER, seq, sealed)
+
+        def call() -> str | None:
+            sink = self.ctx.plane.input_sink(self.job_id)
+            assert sink is not None, "the session lent no input sink"
+            return sink(sent)
+
+        return self.on_loop(call)
+
     def settled(self, token: int) -> Settle:
         self.gateway.wait(
             lambda items: any(isinstance(m, Settle) and m.token == token for m in items),
@@ -155,8 +181,12 @@ class Rig:
         [ended] = self.job_queue.wait_of(SessionEnded)
         return ended
 
+    def opened(self, chunk: OutputSealed) -> tuple[float, bytes]:
+        """(stamp, plaintext) of a chunk the session sealed."""
+        return open_output(self.key.job_key(self.job_id), chunk.seq, chunk.flags, chunk.sealed)
+
     def output(self) -> bytes:
-        return b"".join(chunk.data for chunk in self.vault.of(OutputProduced))
+        return b"".join(self.opened(chunk)[1] for chunk in self.vault.of(OutputSealed))
 
     def wait_output(self, expected: bytes) -> None:
         self.vault.wait(lambda _: expected in self.output(), what=f"output {expected!r}")
@@ -287,6 +317,79 @@ def test_a_fan_out_child_reads_its_command_and_input_under_their_own_keys(rig: R
     assert rig.settled(token).ok
 
 
+def test_keystrokes_through_the_input_sink_are_typed_within_the_loops_call(rig: Rig) -> None:
+    """The input sink opens, dedupes and writes on the loop and answers; no mailbox, no Settle."""
+    rig.start()
+    assert rig.sink_type(b"ls\r", 0) is None
+    assert rig.pty.writes() == [b"ls\r"]  # written before the sink returned
+    assert rig.sink_type(b"ls\r", 0) is None  # redelivered: accepted, not typed again
+    forged = seal_input(FleetKey.generate().job_key(rig.job_id), VIEWER, 1, b"rm -rf ~\r")
+    refused = rig.sink_type(b"", 1, sealed=forged)
+    assert refused
+    assert rig.sink_type(b"pwd\r", 1) is None  # the refused one did not use up seq 1
+    assert rig.pty.writes() == [b"ls\r", b"pwd\r"]
+    sync(rig.gateway_ref)
+    assert rig.gateway.of(Settle) == []
+
+
+def test_the_input_sink_goes_with_the_session(rig: Rig) -> None:
+    """Once the job has ended its sink is withdrawn: later input takes the mailbox path."""
+    rig.start()
+    rig.pty.exit(EXITED_3)
+    rig.ended()
+    rig.supervisor.wait_of(ForgetChild)
+    wait_for(
+        lambda: rig.on_loop(lambda: rig.ctx.plane.input_sink(rig.job_id)) is None,
+        what="the input sink withdrawn",
+    )
+
+
+def test_output_goes_to_the_gateways_output_sink_when_it_lends_one(rig: Rig) -> None:
+    """With an output sink on the loop, chunks are published through it, not the mailbox."""
+    taken: list[Publish] = []
+
+    def sink(message: Publish, on_sent: Callable[[], None] | None) -> None:
+        taken.append(message)
+        if on_sent is not None:
+            on_sent()
+
+    rig.on_loop(lambda: rig.ctx.plane.serve_output(sink))
+    rig.start()
+    rig.pty.output(b"hi")
+    rig.vault.wait_of(OutputSealed)
+    wait_for(lambda: len(taken) == 1, what="the chunk at the output sink")
+    assert taken[0].message_id == f"{rig.job_id}:o0"
+    sync(rig.gateway_ref)
+    assert rig.gateway.of(Publish) == []
+
+
+def test_a_chunk_is_stored_once_it_has_left_or_before_a_replay(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an output sink, the vault hears of a chunk only after its publish has left (so
+    no vault work races an echo), or when the Gateway flushes before passing on a replay."""
+    monkeypatch.setattr(pty_session, "STORE_WITHIN", 3600.0)  # only the events below
+    held: list[Callable[[], None]] = []
+
+    def sink(message: Publish, on_sent: Callable[[], None] | None) -> None:
+        assert on_sent is not None
+        held.append(on_sent)
+
+    rig.on_loop(lambda: rig.ctx.plane.serve_output(sink))
+    rig.start()
+    rig.pty.output(b"one")
+    wait_for(lambda: len(held) == 1, what="the first chunk at the sink")
+    sync(rig.vault_ref)
+    assert rig.vault.of(OutputSealed) == []
+    rig.on_loop(held[0])  # it has left
+    assert [c.seq for c in rig.vault.wait_of(OutputSealed)] == [0]
+    rig.pty.output(b"two")
+    wait_for(lambda: len(held) == 2, what="the second chunk at the sink")
+    rig.on_loop(rig.ctx.plane.flush_stores)  # a replay is about to be asked
+    assert [c.seq for c in rig.vault.wait_of(OutputSealed, 2)] == [0, 1]
+    assert rig.output() == b"onetwo"
+
+
 # -- control ----------------------------------------------------------------------------------
 
 
@@ -370,18 +473,31 @@ def test_an_unexpected_message_is_counted_and_the_session_goes_on(rig: Rig) -> N
 # -- output through the session ---------------------------------------------------------------
 
 
-def test_output_goes_to_the_vault_numbered_and_stamped_then_final(rig: Rig) -> None:
-    """Output reaches the vault after OpenLog, numbered from 0, stamped; the last is FINAL."""
+def test_output_is_sealed_stored_and_published_numbered_and_stamped_then_final(rig: Rig) -> None:
+    """Each chunk reaches the vault sealed, after OpenLog, numbered from 0 and stamped; the
+    same sealed bytes are published (here through the gateway's mailbox); the last is FINAL."""
     rig.start()
     rig.pty.output(b"hello")
-    rig.vault.wait_of(OutputProduced)
+    rig.vault.wait_of(OutputSealed)
     rig.pty.exit(EXITED_3)
     rig.ended()
     sync(rig.vault_ref)
-    assert rig.vault.all() == [
-        OpenLog(rig.job_id),
-        OutputProduced(rig.job_id, 0, NOW, b"hello", False),
-        OutputProduced(rig.job_id, 1, NOW, b"", True),
+    opening, *chunks = rig.vault.all()
+    assert opening == OpenLog(rig.job_id)
+    assert all(isinstance(chunk, OutputSealed) for chunk in chunks)
+    sealed = [chunk for chunk in chunks if isinstance(chunk, OutputSealed)]
+    assert [(c.seq, c.flags, c.size, c.final) for c in sealed] == [
+        (0, 0, 5, False),
+        (1, FLAG_FINAL, 0, True),
+    ]
+    assert [rig.opened(chunk) for chunk in sealed] == [(NOW, b"hello"), (NOW, b"")]
+    published = rig.gateway.wait_of(Publish, 2)
+    assert [(p.message_id, p.job_id, p.after_start) for p in published] == [
+        (f"{rig.job_id}:o0", rig.job_id, True),
+        (f"{rig.job_id}:o1", rig.job_id, True),
+    ]
+    assert [wire.decode(p.body) for p in published] == [
+        OutputChunk(rig.job_id, c.seq, c.flags, c.sealed) for c in sealed
     ]
 
 
@@ -392,12 +508,12 @@ def test_reading_stops_while_the_vault_owes_too_much_and_resumes_on_credit(rig: 
     stop_after = HIGH_WATER // MAX_CHUNK + 1  # the first chunk that puts the owed sum over
     rig.start()
     rig.pty.output(flood)  # each read takes MAX_CHUNK and is sent at once
-    rig.vault.wait_of(OutputProduced, stop_after)
+    rig.vault.wait_of(OutputSealed, stop_after)
     rig.loop_rounds()
     reads = rig.pty.reads
     rig.loop_rounds()
     sync(rig.vault_ref)
-    assert (len(rig.vault.of(OutputProduced)), rig.pty.reads) == (stop_after, reads)
+    assert (len(rig.vault.of(OutputSealed)), rig.pty.reads) == (stop_after, reads)
     assert rig.pty.pending == (chunks - stop_after) * MAX_CHUNK
     still_owed = LOW_WATER // MAX_CHUNK  # credit down to exactly LOW_WATER: not enough
     for seq in range(stop_after - still_owed):
@@ -405,7 +521,7 @@ def test_reading_stops_while_the_vault_owes_too_much_and_resumes_on_credit(rig: 
     rig.loop_rounds()
     assert rig.pty.reads == reads
     rig.ask(OutputStored(rig.job_id, stop_after - still_owed, MAX_CHUNK))
-    produced = rig.vault.wait_of(OutputProduced, chunks)
+    produced = rig.vault.wait_of(OutputSealed, chunks)
     assert [chunk.seq for chunk in produced] == list(range(chunks))
     assert rig.output() == flood
 
@@ -418,10 +534,10 @@ def test_a_real_pty_flood_arrives_whole_in_order_then_the_exit(real_rig: Rig) ->
     real_rig.start("head -c 300000 /dev/zero; exit 3")
     assert real_rig.ended() == SessionEnded(real_rig.job_id, "exited", EXITED_3, None)
     sync(real_rig.vault_ref)
-    chunks = real_rig.vault.of(OutputProduced)
+    chunks = real_rig.vault.of(OutputSealed)
     assert [chunk.seq for chunk in chunks] == list(range(len(chunks)))
     assert [chunk.final for chunk in chunks] == [False] * (len(chunks) - 1) + [True]
-    assert all(len(chunk.data) <= MAX_CHUNK for chunk in chunks)
+    assert all(chunk.size <= MAX_CHUNK for chunk in chunks)
     assert real_rig.output() == bytes(300000)
 
 

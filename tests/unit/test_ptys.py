@@ -419,3 +419,47 @@ def test_spawn_loads_only_this_platforms_backend() -> None:
         timeout=DEADLINE,
     )
     assert result.stdout.split("\n")[0] == "[] ['runlet.adapters.ptys.posix']"
+
+
+@pytest.mark.parametrize("cwd", [False, True], ids=["spawned", "forked"])
+def test_the_terminal_is_the_jobs_controlling_terminal(
+    start: Callable[..., Pty], tmp_path: Path, cwd: bool
+) -> None:
+    """The job leads its own session on the PTY, so Ctrl-C typed into it interrupts the job,
+    however it was started (posix_spawn, or ptyprocess's fork when it has a cwd)."""
+    pty = start("sh", "-c", "ps -o sid=,tty= -p $$; exec cat", cwd=str(tmp_path) if cwd else None)
+    first = read_until(pty, lambda out: b"\n" in out)
+    sid, tty = first.split()[:2]
+    assert int(sid) == pty.pid
+    assert tty.startswith(b"pts/")
+    pty.write(b"\x03")
+    read_to_eof(pty)
+    assert pty.wait(DEADLINE) == ExitStatus(code=None, signal=signal.SIGINT)
+
+
+def test_no_fd_of_the_daemon_reaches_the_job(start: Callable[..., Pty]) -> None:
+    """An fd we hold that is not close-on-exec is closed in the job before it runs."""
+    leaky = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(leaky, True)
+    try:
+        pty = start("sh", "-c", "ls /proc/$$/fd")
+        fds = {int(fd) for fd in read_to_eof(pty).split() if fd.isdigit()}
+    finally:
+        os.close(leaky)
+    assert {0, 1, 2} <= fds
+    assert leaky not in fds
+
+
+def test_a_platform_without_posix_spawn_setsid_forks_instead(
+    start: Callable[..., Pty], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """posix_spawn refusing setsid (an old libc) turns the fast way off: jobs still start."""
+    monkeypatch.setattr(posix, "_in_place", [True])
+
+    def refuse(*args: object, **kwargs: object) -> int:
+        raise NotImplementedError("setsid is not supported")
+
+    monkeypatch.setattr(os, "posix_spawn", refuse)
+    pty = start("sh", "-c", "echo forked")
+    assert b"forked" in read_to_eof(pty)
+    assert posix._in_place == [False]

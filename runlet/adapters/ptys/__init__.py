@@ -70,6 +70,14 @@ class Pty(Protocol):
         """Reap the job without blocking: its status once it has ended, else None."""
         ...
 
+    def exit_fd(self) -> int | None:
+        """An fd that turns readable once the job has ended (poll() then reaps it), or None.
+
+        A loop watches it instead of polling for the exit (Linux: a pidfd). None where the
+        platform has no such thing: poll() on a timer then. It is closed by close().
+        """
+        ...
+
     def wait(self, timeout: float | None = None) -> ExitStatus | None:
         """Block until the job ends (None if `timeout` passes first); never on the loop."""
         ...

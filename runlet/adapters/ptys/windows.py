@@ -91,6 +91,9 @@ class WindowsPty:
                 self._status = ExitStatus(code=int(code), signal=None)
         return self._status
 
+    def exit_fd(self) -> int | None:
+        return None  # pywinpty gives no handle a selector loop could watch: poll()
+
     def wait(self, timeout: float | None = None) -> ExitStatus | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while (status := self.poll()) is None:
