@@ -1,11 +1,13 @@
 """The composition root of the daemon role; with `roots.server`, the only importer of `actors`.
 
-It loads the fleet key, starts the I/O loop, the supervisor and the actors in dependency order,
-and runs until SIGTERM/SIGINT or until the supervisor gives up on a crashing actor.
+It loads the fleet key and the broker's secrets (`BrokerSecurity`), starts the I/O loop, the
+supervisor and the actors in dependency order, and runs until SIGTERM/SIGINT or until the
+supervisor gives up on a crashing actor.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import structlog
@@ -15,6 +17,7 @@ from actors.governor import Governor
 from actors.job_queue import JobQueue
 from actors.log_vault import LogVault
 from actors.pty_session import PtySession
+from runlet.adapters.broker import Broker, BrokerSecurity
 from runlet.config import Config
 from runlet.protocol.crypto import FleetKey
 from runlet.roots.role import Role, run_in_foreground
@@ -37,12 +40,18 @@ class Daemon(Role):
 
     def __init__(self, config: Config, fleet_key: FleetKey | None = None) -> None:
         key = fleet_key if fleet_key is not None else FleetKey.load(config.key_file)
+        # the broker's password and TLS files are read here, so a bad one stops the start
+        security = BrokerSecurity.of(config.broker)
         loop = LoopThread(f"runlet-aio-{config.node}")
         ctx = Context(
             router=Router(),
             loop=loop,
             settings=config,
-            services={"fleet_key": key, "session_factory": _session},
+            services={
+                "fleet_key": key,
+                "session_factory": _session,
+                "broker_factory": partial(Broker, security=security),
+            },
         )
         super().__init__(config, ctx, loop)
 

@@ -258,7 +258,7 @@ def test_check_config_json_masks_password(
 ) -> None:
     """--json prints the settings as JSON with each broker password masked."""
     urls = [
-        f"amqps://alice:{HIDDEN}@mq1.example.net:5671/",
+        f"amqp://alice:{HIDDEN}@mq1.example.net:5671/",
         f"amqp://bob:{HIDDEN}@mq2.example.net:5672/vhost",
         "amqp://mq3.example.net:5672/",
     ]
@@ -268,7 +268,7 @@ def test_check_config_json_masks_password(
     assert HIDDEN not in out
     settings = json.loads(out)
     assert settings["broker"]["urls"] == [
-        "amqps://alice:***@mq1.example.net:5671/",
+        "amqp://alice:***@mq1.example.net:5671/",
         "amqp://bob:***@mq2.example.net:5672/vhost",
         "amqp://mq3.example.net:5672/",
     ]

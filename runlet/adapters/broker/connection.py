@@ -12,6 +12,8 @@ Runs on the asyncio loop only. What it guarantees, and why:
   order, written at once: a quorum queue costs tens of milliseconds a message, this about one.
 - An unroutable mandatory publish raises `NoSuchTarget`: that is how a client learns at once
   that no node serves a target.
+- **Who it talks to and as whom** is `BrokerSecurity` (`security.py`): TLS context, password
+  from its file, the login mechanism; a failed attempt is told in its words (`explain`).
 
 aio-pika and aiormq exceptions never leave this module: they become `BrokerUnavailable` or
 `NoSuchTarget`.
@@ -41,6 +43,7 @@ from aio_pika.abc import (
 
 from runlet import metrics
 from runlet.adapters.broker.delivery import BROKER_ERRORS, AmqpIncoming
+from runlet.adapters.broker.security import BrokerSecurity
 from runlet.adapters.broker_port import (
     Handler,
     QueueSpec,
@@ -80,6 +83,7 @@ class Broker:
         publish_timeout: float = 10.0,
         prefetch: int = 64,
         connect_timeout: float = 5.0,
+        security: BrokerSecurity | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one broker URL is needed")
@@ -90,6 +94,7 @@ class Broker:
         self.publish_timeout = publish_timeout
         self.prefetch = prefetch
         self.connect_timeout = connect_timeout
+        self.security = security if security is not None else BrokerSecurity()
         self.generation = 0
         self.stats = Statistics()
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
@@ -117,19 +122,24 @@ class Broker:
             raise ClosedError("broker adapter is closed")
         deadline = None if wait is None else time.monotonic() + wait
         last: BaseException | None = None
+        said = ""
         while True:
             for _ in self.urls:
+                url = self.urls[next(self._url_cycle)]
                 try:
-                    await self._open(self.urls[next(self._url_cycle)])
+                    await self._open(url)
                 except BROKER_ERRORS as exc:
-                    last = exc
+                    last, why = exc, self.security.explain(exc)
+                    if why != said and deadline is not None:  # a waiting daemon says why, once
+                        log.warning("broker_connect_failed", url=safe_url(url), error=why)
+                        said = why
                     continue
                 self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
                 return
             if deadline is None or time.monotonic() >= deadline:
-                raise BrokerUnavailable(
-                    f"cannot reach RabbitMQ at {', '.join(safe_url(u) for u in self.urls)}: {last}"
-                ) from last
+                where = ", ".join(safe_url(u) for u in self.urls)
+                why = "" if last is None else self.security.explain(last)
+                raise BrokerUnavailable(f"cannot reach RabbitMQ at {where}: {why}") from last
             await asyncio.sleep(0.5)
 
     async def close(self) -> None:
@@ -158,11 +168,8 @@ class Broker:
             raise ClosedError("broker adapter is closed")
 
     async def _open(self, url: str) -> None:
-        conn = await aio_pika.connect(
-            url,
-            timeout=self.connect_timeout,
-            heartbeat=self.heartbeat,
-            client_properties={"connection_name": self.name},
+        conn = await self.security.dial(
+            url, timeout=self.connect_timeout, heartbeat=self.heartbeat, name=self.name
         )
         try:
             durable = await conn.channel(publisher_confirms=True, on_return_raises=True)
@@ -221,7 +228,8 @@ class Broker:
             try:
                 await self._open(url)
             except BROKER_ERRORS as exc:
-                log.warning("broker_reconnect_failed", url=safe_url(url), error=str(exc))
+                error = self.security.explain(exc)
+                log.warning("broker_reconnect_failed", url=safe_url(url), error=error)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
                 continue
