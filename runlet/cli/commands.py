@@ -167,8 +167,10 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
     if not valid_name(args.node):
         raise UsageError(f"--node {args.node[:80]!r} is not a valid node name")
-    account = asyncio.run(admin.add_user(config, _user_name(args.name), rotate=args.rotate))
-    print(admin.device_config(config, account, args.node), end="")
+    name = _user_name(args.name)
+    urls = admin.device_urls(config, args.broker_url)  # before anything is made
+    account = asyncio.run(admin.add_user(config, name, rotate=args.rotate))
+    print(admin.device_config(config, account, args.node, urls), end="")
     return 0
 
 

@@ -174,6 +174,14 @@ def _add_users(sub: Any) -> None:
     add.add_argument("name")
     add.add_argument("--rotate", action="store_true", help="existing user: set a new password")
     add.add_argument("--node", default="CHANGE-ME", help="node name to put in the printed config")
+    add.add_argument(
+        "--broker-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="broker address devices use, without a login (repeat for a cluster);"
+        " default: server.public_broker_urls",
+    )
     add.set_defaults(func=cmd_user_add)
     listing = user_sub.add_parser("list", help="list users")
     listing.add_argument("--json", action="store_true", help="print JSON")

@@ -299,6 +299,25 @@ class ServerConfig:
     management_password_file: Path | None = setting(
         PathValue(), 'file holding that administrator\'s password; unset: "guest"', default=None
     )
+    public_broker_urls: tuple[str, ...] = setting(
+        ListOf(AMQP_URL_CHECK),
+        "broker URLs, without a login, that `runlet user add` writes into device configs;"
+        " unset: its --broker-url",
+        default=(),
+    )
+
+    def __post_init__(self) -> None:
+        for index, url in enumerate(self.public_broker_urls):
+            if "@" in urlsplit(url).netloc:  # never echo it: that part is a login
+                raise Conflict(
+                    f"server.public_broker_urls[{index}]",
+                    "must not hold a login: `runlet user add` puts each user's own in",
+                )
+        schemes = {urlsplit(url).scheme for url in self.public_broker_urls}
+        if len(schemes) > 1:
+            raise Conflict(
+                "server.public_broker_urls", "mixes amqp:// and amqps://: use one or the other"
+            )
 
 
 @schema

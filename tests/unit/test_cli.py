@@ -253,6 +253,27 @@ def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "file not found" in capsys.readouterr().err
 
 
+def test_check_config_json_shows_the_password_file_not_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With broker.password_file, --json shows its path and the TLS keys, never its content."""
+    secret = tmp_path / "broker_password"
+    secret.write_text(HIDDEN)
+    secret.chmod(0o600)
+    broker = (
+        '[broker]\nurls = ["amqps://runlet-alice@mq.example.net:5671/"]\n'
+        f'password_file = "{secret}"\nca_file = "ca.pem"\nserver_name = "mq.example.net"\n'
+    )
+    path = write_config(tmp_path, broker=broker)
+    assert main(["check-config", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert HIDDEN not in out
+    shown = json.loads(out)["broker"]
+    assert shown["password_file"] == str(secret)
+    assert (shown["ca_file"], shown["server_name"]) == (str(tmp_path / "ca.pem"), "mq.example.net")
+    assert (shown["verify"], shown["login"], shown["cert_file"]) == (True, "password", None)
+
+
 def test_check_config_json_masks_password(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

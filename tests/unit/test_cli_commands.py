@@ -408,10 +408,49 @@ def test_user_add_prints_device_config(
 
     monkeypatch.setattr("runlet.roots.admin.add_user", add_user)
     config = str(write_config(tmp_path, role="server", sections="[server]\n"))
-    assert main(["-c", config, "user", "add", "bob", "--node", "edge-3", "--rotate"]) == 0
+    argv = ["user", "add", "bob", "--node", "edge-3", "--rotate"]
+    assert main(["-c", config, *argv, "--broker-url", "amqps://mq.example.net/"]) == 0
     out = capsys.readouterr().out
     assert 'user = "bob"\nnode = "edge-3"\n' in out
-    assert "runlet-bob:pw-rotated@" in out
+    assert '"amqps://runlet-bob:pw-rotated@mq.example.net/"' in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "text"),
+    [
+        ([], "the server reaches the broker at amqp://guest:***@127.0.0.1:5672/, a loopback"),
+        (["--broker-url", "http://mq/"], "--broker-url #1 must start with amqp:// or amqps://"),
+        (["--broker-url", "amqp://mq/", "--broker-url", "amqp:// x"], "#2 must not contain"),
+        (["--broker-url", "amqp://u:s3cr3t@mq/"], "#1 must not hold a login"),
+        (["--broker-url", "amqp://a/", "--broker-url", "amqps://b/"], "mix amqp:// and amqps://"),
+        (["--broker-url", "amqp://mq/?auth=external"], "use broker.login"),
+        (["--broker-url", "amqp://" + "m" * 100_000 + " "], "#1 must not contain spaces"),
+        (["--broker-url", ""], "--broker-url #1 must not be empty"),
+    ],
+)
+def test_user_add_refuses_a_broker_address_first(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+    text: str,
+) -> None:
+    """No usable device address (only the server's loopback, or a bad --broker-url): a usage
+    error before any account is made, never echoing a login."""
+    created: list[str] = []
+
+    async def add_user(config: Any, name: str, *, rotate: bool = False) -> Account:
+        created.append(name)
+        return Account(name, f"runlet-{name}", "pw")
+
+    monkeypatch.setattr("runlet.roots.admin.add_user", add_user)
+    config = str(write_config(tmp_path, role="server", sections="[server]\n"))
+    assert main(["-c", config, "user", "add", "bob", *extra]) == 64
+    err = capsys.readouterr().err
+    assert text in err
+    assert "s3cr3t" not in err
+    assert len(err) < 400
+    assert created == []
 
 
 # --- start -------------------------------------------------------------------------------------
