@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ from runlet.config import Config, load_config
 from runlet.errors import BrokerUnavailable
 from runlet.protocol import addresses
 from tests.integration.tls_broker import EXPIRED_NAME, TlsBroker
-from tests.support import EVENT_SECONDS, run, unique_user
+from tests.support import EVENT_SECONDS, REPO, STARTUP_SECONDS, Fleet, run, unique_user
 
 PASSWORD = "guest"  # noqa: S105 - the TLS node's guest account, which may log in from anywhere there
 
@@ -289,3 +292,41 @@ def test_verify_false_connects_and_warns(tls_broker: TlsBroker, tmp_path: Path) 
         warnings = [line for line in logs if line["event"] == "broker_tls_unverified"]
         assert len(warnings) == 1
         assert warnings[0]["log_level"] == "warning"
+
+
+def test_a_job_runs_over_tls(tls_broker: TlsBroker, tmp_path: Path) -> None:
+    """A real daemon process and a real `runlet run`, both over TLS with a password file,
+    run a job end to end: the roles build their connections from the config's TLS keys."""
+    fleet = Fleet(tmp_path)
+    broker = f'ca_file = "{tls_broker.ca}"\npassword_file = "{password_file(tmp_path)}"\n'
+    urls = (tls_broker.url(login="guest@"),)
+    try:
+        fleet.start_process("edge", urls=urls, broker=broker)
+        client = fleet.config_file("laptop", role="client", urls=urls, broker=broker)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLET_")}
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "runlet",
+                "-c",
+                str(client),
+                "run",
+                "--on",
+                "edge",
+                "--",
+                "echo",
+                "tls",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_SECONDS,
+            env=env,
+            cwd=REPO,
+            check=False,
+        )
+    finally:
+        for proc in fleet.processes:
+            proc.stop()
+    assert (done.returncode, done.stdout) == (0, "tls\n"), done.stderr
+    assert "broker_connected" in fleet.processes[0].log()
