@@ -194,6 +194,40 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
     return 0 if removed else EXIT_NOHOST
 
 
+def cmd_device_add(args: argparse.Namespace) -> int:
+    from runlet.roots import admin
+
+    config = _config(args)
+    user, node = _user_name(args.user), _user_name(args.node)
+    urls = admin.device_urls(config, args.broker_url)  # before anything is made
+    account = asyncio.run(
+        admin.add_device(config, user, node, run_only=args.run_only, rotate=args.rotate)
+    )
+    print(admin.device_config(config, account, node, urls), end="")
+    return 0
+
+
+def cmd_device_list(args: argparse.Namespace) -> int:
+    from runlet.roots import admin
+
+    devices = asyncio.run(admin.list_devices(_config(args), _user_name(args.user)))
+    if args.json:
+        print(json.dumps([{"node": n, "run_only": r} for n, r in devices]))
+    else:
+        for node, run_only in devices:
+            print(f"{node}{'  (run-only)' if run_only else ''}")
+    return 0
+
+
+def cmd_device_revoke(args: argparse.Namespace) -> int:
+    from runlet.roots import admin
+
+    user, node = _user_name(args.user), _user_name(args.node)
+    revoked = asyncio.run(admin.revoke_device(_config(args), user, node))
+    print(f"device {node} of {user} {'revoked' if revoked else 'had no account'}")
+    return 0 if revoked else EXIT_NOHOST
+
+
 def cmd_ping(args: argparse.Namespace) -> int:
     from runlet.client import ping
     from runlet.client.session import Client

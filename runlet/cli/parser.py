@@ -11,6 +11,9 @@ from runlet.cli.commands import (
     cmd_cancel,
     cmd_check_config,
     cmd_config_keys,
+    cmd_device_add,
+    cmd_device_list,
+    cmd_device_revoke,
     cmd_job,
     cmd_jobs,
     cmd_key_export,
@@ -189,6 +192,33 @@ def _add_users(sub: Any) -> None:
     remove = user_sub.add_parser("remove", help="delete a user's broker account and resources")
     remove.add_argument("name")
     remove.set_defaults(func=cmd_user_remove)
+    device = sub.add_parser("device", help="server admin: one broker account per device")
+    device_sub = device.add_subparsers(dest="device_command", metavar="ACTION", required=True)
+    add = device_sub.add_parser("add", help="an account for one device; prints its config")
+    add.add_argument("user")
+    add.add_argument("node")
+    add.add_argument(
+        "--run-only", action="store_true", help="it may run jobs but never start one (dispatch)"
+    )
+    add.add_argument("--rotate", action="store_true", help="existing device: set a new password")
+    add.add_argument(
+        "--broker-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="broker address the device uses, without a login; default: public_broker_urls",
+    )
+    add.set_defaults(func=cmd_device_add)
+    listing = device_sub.add_parser("list", help="list a user's devices")
+    listing.add_argument("user")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=cmd_device_list)
+    revoke = device_sub.add_parser(
+        "revoke", help="delete a device's account and close its connections"
+    )
+    revoke.add_argument("user")
+    revoke.add_argument("node")
+    revoke.set_defaults(func=cmd_device_revoke)
 
 
 def _add_ping(sub: Any) -> None:

@@ -3,7 +3,9 @@
 `user add NAME` creates the user in the ledger and a broker account whose permissions cover
 only `runlet.NAME` and `runlet.NAME.*`, then prints a ready config for that user's devices
 (it holds the new broker password: hand it over like a key). Run with the server's config.
-The config reaches the broker where devices can (`device_urls`: ``--broker-url``, else
+`device add USER NODE [--run-only]` does the same for one device, with an account of its own
+(`device revoke` shuts that one out; `device list`). The config reaches the broker where
+devices can (`device_urls`: ``--broker-url``, else
 ``server.public_broker_urls``), never at the server's own loopback address.
 """
 
@@ -88,6 +90,29 @@ async def list_users(config: Config) -> list[tuple[str, bool]]:
     finally:
         await ledger.close()
     return [(name, name in on_broker) for name in sorted(in_ledger | on_broker)]
+
+
+async def add_device(
+    config: Config, user: str, node: str, *, run_only: bool = False, rotate: bool = False
+) -> Account:
+    """A broker account for one device of an existing user (`runlet device add`)."""
+    admin = _admin(config)
+    await admin.check()
+    if user not in await admin.list():
+        raise UsageError(f"no user {user!r} on the broker: run `runlet user add {user}` first")
+    return await admin.create_device(user, node, run_only=run_only, rotate=rotate)
+
+
+async def revoke_device(config: Config, user: str, node: str) -> bool:
+    """Delete a device's broker account and close its connections (`runlet device revoke`)."""
+    admin = _admin(config)
+    await admin.check()
+    return await admin.remove_device(user, node)
+
+
+async def list_devices(config: Config, user: str) -> list[tuple[str, bool]]:
+    """(node, run-only) of every device account of `user`."""
+    return await _admin(config).devices(user)
 
 
 def device_urls(config: Config, given: Sequence[str] = ()) -> tuple[str, ...]:

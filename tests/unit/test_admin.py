@@ -271,3 +271,53 @@ def test_unreadable_management_password_file(tmp_path: Path, kind: str) -> None:
     with pytest.raises(ConfigError) as info:
         asyncio.run(admin.add_user(config, "alice"))
     assert info.value.key == "server.management_password_file"
+
+
+# --- device accounts ---------------------------------------------------------------------------
+
+
+def test_device_user_names_cannot_collide_with_users() -> None:
+    """A device account holds a dot, which no user name may: it is nobody else's account."""
+    from runlet.adapters.rabbitmq_admin import broker_user, device_user
+
+    assert device_user("alice", "pi-1") == "runlet-alice.pi-1"
+    assert device_user("alice", "pi-1") != broker_user("alice-pi-1")
+    for bad in ("pi.1", "", "pi 1", "x" * 65):
+        with pytest.raises(ValueError, match="not a valid user name"):
+            device_user("alice", bad)
+
+
+@pytest.mark.parametrize(
+    ("key", "allowed"),
+    [
+        ("job.0123456789abcdef0123456789abcdef.state", True),
+        ("job.0123456789abcdef0123456789abcdef.output", True),
+        ("job.0123456789abcdef0123456789abcdef.log", True),
+        ("job.0123456789abcdef0123456789abcdef.pi-1.state", True),
+        ("node.pi-1.presence", True),
+        ("reply.viewer_2.0123456789abcdef0123456789abcdef", True),
+        ("dispatch.node.pi-1", False),
+        ("dispatch.any", False),
+        ("dispatch.all", False),
+        ("dispatch.tag.gpu", False),
+        ("job.0123456789abcdef0123456789abcdef.input", False),
+        ("job.0123456789abcdef0123456789abcdef.control", False),
+        ("job.0123456789abcdef0123456789abcdef.pi-2.state", False),
+        ("job.0123456789abcdef0123456789abcdef.state\n", False),
+        ("job.0123456789ABCDEF0123456789abcdef.state", False),
+        ("node.pi-2.presence", False),
+        ("node.pi-1.rpc", False),
+        ("rpc.jobs", False),
+        ("server.rpc", False),
+        ("xjob.0123456789abcdef0123456789abcdef.state", False),
+        ("node.pi-1.presence.x", False),
+    ],
+)
+def test_run_only_pattern(key: str, allowed: bool) -> None:
+    """A run-only device may publish what a daemon sends for its jobs, nothing that starts,
+    steers or asks anything (the same regex the broker applies, read here by Python's re)."""
+    import re
+
+    from runlet.adapters.rabbitmq_admin import run_only_pattern
+
+    assert (re.search(run_only_pattern("pi-1"), key) is not None) is allowed

@@ -453,6 +453,79 @@ def test_user_add_refuses_a_broker_address_first(
     assert created == []
 
 
+# --- device ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["device", "add", "bob", "pi"], ["device", "list", "bob"], ["device", "revoke", "bob", "pi"]],
+)
+def test_device_commands_need_server_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """Every device command needs the server's config, like the user commands."""
+    config = str(write_config(tmp_path))
+    assert main(["-c", config, *argv]) == 78
+    assert "`runlet user` needs the server's config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name", ["bad.name", "", "pi 1", "pi\n", "x" * 65, "y" * 100_000, "$(reboot)", "ü"]
+)
+@pytest.mark.parametrize("where", ["user", "node"])
+def test_device_bad_names_are_refused_first(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    where: str,
+) -> None:
+    """A bad user or node name is a usage error before any account is made or revoked."""
+    touched: list[str] = []
+
+    async def add_device(*args: Any, **kwargs: Any) -> Account:
+        touched.append("add")
+        return Account("bob", "runlet-bob.pi", "pw")
+
+    async def revoke_device(*args: Any) -> bool:
+        touched.append("revoke")
+        return True
+
+    monkeypatch.setattr("runlet.roots.admin.add_device", add_device)
+    monkeypatch.setattr("runlet.roots.admin.revoke_device", revoke_device)
+    config = str(write_config(tmp_path, role="server", sections="[server]\n"))
+    user, node = (name, "pi") if where == "user" else ("bob", name)
+    for action in ("add", "revoke"):
+        argv = ["-c", config, "device", action, user, node, "--broker-url", "amqp://mq/"]
+        assert main(argv if action == "add" else argv[:-2]) == 64
+        err = capsys.readouterr().err
+        assert "is not a valid name" in err
+        assert len(err) < 300
+    assert touched == []
+
+
+def test_device_add_prints_a_config_for_the_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`device add` passes --run-only on and prints the config with the device's own login."""
+    calls: list[tuple[str, str, bool, bool]] = []
+
+    async def add_device(
+        config: Any, user: str, node: str, *, run_only: bool = False, rotate: bool = False
+    ) -> Account:
+        calls.append((user, node, run_only, rotate))
+        return Account(user, f"runlet-{user}.{node}", "pw-dev")
+
+    monkeypatch.setattr("runlet.roots.admin.add_device", add_device)
+    config = str(write_config(tmp_path, role="server", sections="[server]\n"))
+    argv = ["device", "add", "bob", "pi-1", "--run-only", "--broker-url", "amqps://mq/"]
+    assert main(["-c", config, *argv]) == 0
+    out = capsys.readouterr().out
+    assert calls == [("bob", "pi-1", True, False)]
+    assert 'user = "bob"\nnode = "pi-1"\n' in out
+    assert '"amqps://runlet-bob.pi-1:pw-dev@mq/"' in out
+
+
 # --- start -------------------------------------------------------------------------------------
 
 
