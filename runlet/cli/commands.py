@@ -282,14 +282,42 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 # -- keys and config ----------------------------------------------------------------------
 
 
+def _device_key(config: Config, *, make: bool = True) -> Any:
+    from runlet.protocol.identity import DEVICE_KEY_FILE, DeviceKey
+
+    path = config.data_dir / DEVICE_KEY_FILE
+    return DeviceKey.load_or_make(path) if make else DeviceKey.load(path)
+
+
 def cmd_key_init(args: argparse.Namespace) -> int:
     from runlet.protocol.crypto import FleetKey
 
     config = _config(args)
     key = FleetKey.generate()
     key.save(config.key_file, overwrite=args.force)
+    device = _device_key(config)
     print(f"fleet key {key.fingerprint()} written to {config.key_file}")
-    print("copy it to your other devices with `runlet key export` / `runlet key import`")
+    print(f"this device's key pair: {device.fingerprint()}")
+    print(
+        "bring the fleet key to another device: there, `runlet key device`; here, `runlet key"
+        " seal LINE`; there, `runlet key import` of what seal printed"
+    )
+    return 0
+
+
+def cmd_key_device(args: argparse.Namespace) -> int:
+    device = _device_key(_config(args))
+    print(device.public_text())
+    return 0
+
+
+def cmd_key_seal(args: argparse.Namespace) -> int:
+    from runlet.protocol.identity import fingerprint, parse_public, seal_fleet_key
+
+    config = _config(args)
+    recipient = parse_public(args.public)
+    print(seal_fleet_key(_fleet_key(config), recipient))
+    print(f"sealed for device {fingerprint(recipient)}", file=sys.stderr)
     return 0
 
 
@@ -300,10 +328,14 @@ def cmd_key_export(args: argparse.Namespace) -> int:
 
 def cmd_key_import(args: argparse.Namespace) -> int:
     from runlet.protocol.crypto import FleetKey
+    from runlet.protocol.identity import is_sealed, open_fleet_key
 
     config = _config(args)
     text = sys.stdin.read(8192)
-    key = FleetKey.import_text(text)
+    if is_sealed(text):
+        key = open_fleet_key(text, _device_key(config, make=False))
+    else:
+        key = FleetKey.import_text(text)
     key.save(config.key_file, overwrite=args.force)
     print(f"fleet key {key.fingerprint()} written to {config.key_file}")
     return 0

@@ -16,9 +16,11 @@ from runlet.cli.commands import (
     cmd_device_revoke,
     cmd_job,
     cmd_jobs,
+    cmd_key_device,
     cmd_key_export,
     cmd_key_import,
     cmd_key_init,
+    cmd_key_seal,
     cmd_key_show,
     cmd_logs,
     cmd_nodes,
@@ -246,7 +248,17 @@ def _add_key(sub: Any) -> None:
     key_sub.add_parser(
         "export", help="print the key as one line, to import on another device"
     ).set_defaults(func=cmd_key_export)
-    k_import = key_sub.add_parser("import", help="store a key read from standard input")
+    key_sub.add_parser(
+        "device", help="print this device's public key (makes its key pair if need be)"
+    ).set_defaults(func=cmd_key_device)
+    k_seal = key_sub.add_parser(
+        "seal", help="print the fleet key sealed to another device's public key"
+    )
+    k_seal.add_argument("public", help="the line `runlet key device` printed on that device")
+    k_seal.set_defaults(func=cmd_key_seal)
+    k_import = key_sub.add_parser(
+        "import", help="store a key (plain or sealed to this device) read from standard input"
+    )
     k_import.add_argument("--force", action="store_true", help="replace an existing key")
     k_import.set_defaults(func=cmd_key_import)
     key_sub.add_parser("show", help="print the key's fingerprint (safe to share)").set_defaults(

@@ -1,8 +1,8 @@
 """The composition root of the daemon role; with `roots.server`, the only importer of `actors`.
 
-It loads the fleet key and the broker's secrets (`BrokerSecurity`), starts the I/O loop, the
-supervisor and the actors in dependency order, and runs until SIGTERM/SIGINT or until the
-supervisor gives up on a crashing actor.
+It loads the fleet key, this device's key pair (made at the first start) and the broker's
+secrets (`BrokerSecurity`), starts the I/O loop, the supervisor and the actors in dependency
+order, and runs until SIGTERM/SIGINT or until the supervisor gives up on a crashing actor.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from actors.pty_session import PtySession
 from runlet.adapters.broker import Broker, BrokerSecurity
 from runlet.config import Config
 from runlet.protocol.crypto import FleetKey
+from runlet.protocol.identity import DEVICE_KEY_FILE, DeviceKey
 from runlet.roots.role import Role, run_in_foreground
 from runlet.runtime.actor import Context, Router, start_supervisor, supervise
 from runlet.runtime.local_messages import StartSession
@@ -40,6 +41,7 @@ class Daemon(Role):
 
     def __init__(self, config: Config, fleet_key: FleetKey | None = None) -> None:
         key = fleet_key if fleet_key is not None else FleetKey.load(config.key_file)
+        DeviceKey.load_or_make(config.data_dir / DEVICE_KEY_FILE)  # its identity, from the start
         # the broker's password and TLS files are read here, so a bad one stops the start
         security = BrokerSecurity.of(config.broker)
         loop = LoopThread(f"runlet-aio-{config.node}")

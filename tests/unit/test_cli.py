@@ -360,6 +360,51 @@ def test_key_commands(
     assert FleetKey.load(other / "fleet.key") == FleetKey.load(tmp_path / "fleet.key")
 
 
+def test_fleet_key_travels_sealed_to_a_new_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """key device (new device) → key seal (old one) → key import (new one): the key arrives,
+    and the sealed line opens on that device only."""
+    config = str(write_config(tmp_path))
+    assert main(["-c", config, "key", "init"]) == 0
+    capsys.readouterr()
+    new = tmp_path / "new"
+    new.mkdir()
+    new_config = str(write_config(new))
+    assert main(["-c", new_config, "key", "device"]) == 0
+    public = capsys.readouterr().out.strip()
+    assert public.startswith("runlet-device-v1:")
+    assert main(["-c", config, "key", "seal", public]) == 0
+    sealed = capsys.readouterr().out
+    assert FleetKey.load(tmp_path / "fleet.key").export_text() not in sealed
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    stranger_config = str(write_config(stranger))
+    assert main(["-c", stranger_config, "key", "device"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO(sealed))
+    assert main(["-c", stranger_config, "key", "import"]) == 77
+    assert "sealed for another device" in capsys.readouterr().err
+    assert not (stranger / "fleet.key").exists()
+    monkeypatch.setattr("sys.stdin", io.StringIO(sealed))
+    assert main(["-c", new_config, "key", "import"]) == 0
+    assert FleetKey.load(new / "fleet.key") == FleetKey.load(tmp_path / "fleet.key")
+
+
+@pytest.mark.parametrize("public", ["", "runlet-device-v1:xx", "x" * 100_000, "runlet-key-v1:A"])
+def test_key_seal_refuses_what_is_no_public_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], public: str
+) -> None:
+    """`key seal` with anything but a device's public line exits 77 and prints no key."""
+    config = str(write_config(tmp_path))
+    assert main(["-c", config, "key", "init"]) == 0
+    capsys.readouterr()
+    assert main(["-c", config, "key", "seal", public]) == 77
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err) < 300
+
+
 def test_key_init_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A second `key init` fails with a storage error (exit 70); --force replaces the key."""
     config = str(write_config(tmp_path))
