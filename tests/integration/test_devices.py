@@ -232,3 +232,43 @@ def test_a_run_only_device_runs_jobs(tmp_path: Path, user: Account) -> None:
     assert "broker_ready" in log
     for trouble in ("ACCESS_REFUSED", "broker_connection_lost", "publish_failed"):
         assert trouble not in log  # nothing it sent was refused
+
+
+def test_a_run_only_device_cannot_run_a_job_elsewhere(tmp_path: Path, user: Account) -> None:
+    """`runlet run` with a run-only device's account stops at once with exit 77: the broker
+    refused the dispatch, and the message says so (no retries until a timeout)."""
+    device = run(_admin().create_device(user.name, "pi-3", run_only=True))
+    fleet = Fleet(tmp_path, user.name)
+    try:
+        fleet.start_process("edge", urls=(url_of(user),))  # a node that would run it
+        client = fleet.config_file("pi-3", role="client", urls=(url_of(device),))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLET_")}
+        failed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "runlet",
+                "-c",
+                str(client),
+                "run",
+                "--on",
+                "edge",
+                "--",
+                "true",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_SECONDS,
+            env=env,
+            cwd=REPO,
+            check=False,
+        )
+    finally:
+        fleet.close()
+    assert failed.returncode == 77, failed.stderr
+    assert (
+        "the broker refused this account publishing to dispatch.node.edge: ACCESS_REFUSED -"
+        " access to topic 'dispatch.node.edge' in exchange"
+    ) in failed.stderr
+    assert "run-only device's account may run jobs but not start or steer them" in failed.stderr
+    assert device.password not in failed.stderr

@@ -119,7 +119,7 @@ def test_device_key_file_checks(tmp_path: Path) -> None:
         DeviceKey.load(path)
     path.write_text("runlet-device-key-v1:c2hvcnQ\n")
     path.chmod(0o600)
-    with pytest.raises(CryptoError, match="device.key: the device key holds 5 bytes") as info:
+    with pytest.raises(CryptoError, match=r"device\.key: the device key holds 5 bytes") as info:
         DeviceKey.load(path)
     assert made.public_text() not in str(info.value)
     with pytest.raises(CryptoError, match="runlet key init"):

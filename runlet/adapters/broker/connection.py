@@ -15,8 +15,8 @@ Runs on the asyncio loop only. What it guarantees, and why:
 - **Who it talks to and as whom** is `BrokerSecurity` (`security.py`): TLS context, password
   from its file, the login mechanism; a failed attempt is told in its words (`explain`).
 
-aio-pika and aiormq exceptions never leave this module: they become `BrokerUnavailable` or
-`NoSuchTarget`.
+aio-pika and aiormq exceptions never leave this module: they become `BrokerUnavailable`,
+`NoSuchTarget`, or `AccessRefused` (a publish this account may not make: never retried).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from runlet.adapters.broker_port import (
     Statistics,
     safe_url,
 )
-from runlet.errors import BrokerUnavailable, ClosedError, NoSuchTarget
+from runlet.errors import AccessRefused, BrokerUnavailable, ClosedError, NoSuchTarget
 from runlet.protocol import addresses
 
 log = structlog.get_logger(__name__)
@@ -382,6 +382,8 @@ class Broker:
             async with self._fast_lock:
                 exchange = await self._exchange(name, durable=False)
                 await exchange.publish(message, routing_key, mandatory=mandatory)
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise AccessRefused(routing_key, _reply_text(exc)) from exc
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"publish to {routing_key} failed: {exc}") from exc
 
@@ -402,6 +404,8 @@ class Broker:
             except aio_pika.exceptions.PublishError as exc:
                 self.stats.returned += 1
                 raise NoSuchTarget(routing_key) from exc
+            except aiormq.exceptions.ChannelAccessRefused as exc:
+                raise AccessRefused(routing_key, _reply_text(exc)) from exc
             except BROKER_ERRORS as exc:
                 self.stats.publish_retries += 1
                 metrics.PUBLISH_RETRIES.inc()
@@ -429,3 +433,9 @@ class Broker:
             return await coro
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+def _reply_text(exc: BaseException) -> str:
+    """The broker's words in a channel error (ACCESS_REFUSED - ...), not the library's."""
+    text = str(exc.args[0]) if exc.args else str(exc)
+    return text.split(". For details")[0]
