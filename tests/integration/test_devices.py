@@ -35,6 +35,7 @@ from tests.support import (
     delete_user_resources,
     run,
     unique_user,
+    wait_for,
     wait_ready,
 )
 
@@ -272,3 +273,52 @@ def test_a_run_only_device_cannot_run_a_job_elsewhere(tmp_path: Path, user: Acco
     ) in failed.stderr
     assert "run-only device's account may run jobs but not start or steer them" in failed.stderr
     assert device.password not in failed.stderr
+
+
+def test_a_device_revoked_while_it_streams_is_shut_out(tmp_path: Path, user: Account) -> None:
+    """A device revoked in the middle of a job loses its connection, is refused when it tries
+    to log in again (and says so), while another device of the user runs the next job."""
+    lost = run(_admin().create_device(user.name, "lost", run_only=True))
+    kept = run(_admin().create_device(user.name, "kept", run_only=True))
+    fleet = Fleet(tmp_path, user.name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLET_")}
+    client = fleet.config_file("laptop", role="client", urls=(url_of(user),))
+
+    def runlet(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "runlet", "-c", str(client), *args],
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_SECONDS,
+            env=env,
+            cwd=REPO,
+            check=False,
+        )
+
+    try:
+        daemons = {}
+        for node, account in (("lost", lost), ("kept", kept)):
+            daemon = DaemonProcess(
+                fleet.config_file(node, urls=(url_of(account),)), tmp_path / f"{node}.log"
+            )
+            fleet.processes.append(daemon)
+            daemon.start()
+            wait_ready(user.name, node, (url_of(user),), process=daemon)
+            daemons[node] = daemon
+        stream = ["sh", "-c", "while :; do echo tick; sleep 0.05; done"]
+        started = runlet("run", "--on", "lost", "--detach", "--", *stream)
+        assert started.returncode == 0, started.stderr
+        wait_for(lambda: "job_started" in daemons["lost"].log(), what="the job to stream")
+        assert run(_admin().remove_device(user.name, "lost"))
+        wait_for(
+            lambda: "the broker refused the login" in daemons["lost"].log(),
+            what="the revoked device to be thrown off and refused",
+            seen=lambda: daemons["lost"].log()[-1500:],
+        )
+        done = runlet("run", "--on", "kept", "--", "echo", "still here")
+    finally:
+        fleet.close()
+    assert (done.returncode, done.stdout) == (0, "still here\n"), done.stderr
+    log = daemons["lost"].log()
+    assert log.index("broker_connection_lost") < log.index("the broker refused the login")
+    assert lost.password not in log
