@@ -18,15 +18,19 @@ its own, and is stopped when the test session ends. Its certificates, all made h
 The broker asks for a client certificate but does not require one, so password logins over
 TLS work too; it refuses a certificate it cannot verify. Use it through the session fixture
 `tls_broker` (imported into a conftest). A node left behind by a killed run (its pid file in
-the fixed folder names a live `beam` process started for that folder) is stopped first.
+the fixed folder names a live `beam` process started for that folder) is stopped first; a
+second test session at the same time waits for the first (a lock file beside the folder).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,11 +205,24 @@ def start(base: Path = BASE) -> TlsBroker:
     return broker
 
 
+@contextlib.contextmanager
+def _session_lock(path: Path) -> Iterator[None]:
+    """One test session at a time owns the node (its ports are fixed): others wait for it."""
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            sys.stderr.write(f"waiting for another test session's TLS node ({path})\n")
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when that session ends
+        yield
+
+
 @pytest.fixture(scope="session")
 def tls_broker() -> Iterator[TlsBroker]:
     """The TLS node for the whole session; stopped at its end."""
-    broker = start()
-    try:
-        yield broker
-    finally:
-        _stop(broker.base)
+    with _session_lock(BASE.with_name(BASE.name + ".lock")):
+        broker = start()
+        try:
+            yield broker
+        finally:
+            _stop(broker.base)
