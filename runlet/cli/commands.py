@@ -225,6 +225,11 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
     user, node = _user_name(args.user), _user_name(args.node)
     revoked = asyncio.run(admin.revoke_device(_config(args), user, node))
     print(f"device {node} of {user} {'revoked' if revoked else 'had no account'}")
+    if revoked:
+        print(
+            "it still holds the fleet key: on a device that stays, `runlet key rotate`, then seal"
+            " the new key to each remaining device (`runlet key seal`)"
+        )
     return 0 if revoked else EXIT_NOHOST
 
 
@@ -301,6 +306,20 @@ def cmd_key_init(args: argparse.Namespace) -> int:
     print(
         "bring the fleet key to another device: there, `runlet key device`; here, `runlet key"
         " seal LINE`; there, `runlet key import` of what seal printed"
+    )
+    return 0
+
+
+def cmd_key_rotate(args: argparse.Namespace) -> int:
+    config = _config(args)
+    old = _fleet_key(config)
+    key = old.rotated()
+    key.save(config.key_file, overwrite=True)
+    print(f"fleet key {key.fingerprint()} replaces {old.fingerprint()} in {config.key_file}")
+    print(
+        f"it keeps {key.generations - 1} older key(s) to read what they sealed; give it to each"
+        " device that stays: there `runlet key device`, here `runlet key seal LINE`, there"
+        " `runlet key import --force`, then restart its daemon"
     )
     return 0
 

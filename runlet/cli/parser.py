@@ -20,6 +20,7 @@ from runlet.cli.commands import (
     cmd_key_export,
     cmd_key_import,
     cmd_key_init,
+    cmd_key_rotate,
     cmd_key_seal,
     cmd_key_show,
     cmd_logs,
@@ -251,6 +252,9 @@ def _add_key(sub: Any) -> None:
     key_sub.add_parser(
         "device", help="print this device's public key (makes its key pair if need be)"
     ).set_defaults(func=cmd_key_device)
+    key_sub.add_parser(
+        "rotate", help="a new fleet key that keeps the old ones for reading (after a revoke)"
+    ).set_defaults(func=cmd_key_rotate)
     k_seal = key_sub.add_parser(
         "seal", help="print the fleet key sealed to another device's public key"
     )

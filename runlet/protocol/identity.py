@@ -143,8 +143,9 @@ def open_fleet_key(text: str, device: DeviceKey) -> FleetKey:
             f" device (this one is {device.fingerprint()}: give `runlet key device`'s line) or"
             " altered"
         ) from None
-    line, sep, recipient = payload.rpartition(b"\n")
-    if not sep or recipient != bytes(device.public):
+    # the key's line, a newline, then the recipient's 32 bytes (which may hold a newline too)
+    line, sep, recipient = payload[:-33], payload[-33:-32], payload[-32:]
+    if sep != b"\n" or recipient != bytes(device.public):
         raise CryptoError("the sealed key was not made for this device")
     try:
         return FleetKey.import_text(line.decode("ascii"))

@@ -118,7 +118,7 @@ def test_subcommand_help(
         assert word in out
 
 
-@pytest.mark.parametrize("argv", [["frobnicate"], ["Run"], ["key", "rotate"]])
+@pytest.mark.parametrize("argv", [["frobnicate"], ["Run"], ["key", "spin"]])
 def test_unknown_subcommand(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     """An unknown subcommand is a usage error from argparse (exit 2) naming the choices."""
     assert exits(argv) == 2
