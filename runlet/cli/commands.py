@@ -159,6 +159,16 @@ def _user_name(name: str) -> str:
     return name
 
 
+def _say_fallback(config: Config, given: list[str]) -> None:
+    """Warn when the device address is only the server's own (it may be a private name)."""
+    if not given and config.server is not None and not config.server.public_broker_urls:
+        print(
+            "runlet: the config below reaches the broker the way this server does; if devices"
+            " reach it by another name, pass --broker-url or set server.public_broker_urls",
+            file=sys.stderr,
+        )
+
+
 def cmd_user_add(args: argparse.Namespace) -> int:
     from runlet.roots import admin
 
@@ -169,6 +179,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         raise UsageError(f"--node {args.node[:80]!r} is not a valid node name")
     name = _user_name(args.name)
     urls = admin.device_urls(config, args.broker_url)  # before anything is made
+    _say_fallback(config, args.broker_url)
     account = asyncio.run(admin.add_user(config, name, rotate=args.rotate))
     print(admin.device_config(config, account, args.node, urls), end="")
     return 0
@@ -200,6 +211,7 @@ def cmd_device_add(args: argparse.Namespace) -> int:
     config = _config(args)
     user, node = _user_name(args.user), _user_name(args.node)
     urls = admin.device_urls(config, args.broker_url)  # before anything is made
+    _say_fallback(config, args.broker_url)
     account = asyncio.run(
         admin.add_device(config, user, node, run_only=args.run_only, rotate=args.rotate)
     )

@@ -413,6 +413,28 @@ def test_user_add_prints_device_config(
     out = capsys.readouterr().out
     assert 'user = "bob"\nnode = "edge-3"\n' in out
     assert '"amqps://runlet-bob:pw-rotated@mq.example.net/"' in out
+    assert "runlet:" not in capsys.readouterr().err
+
+
+def test_user_add_warns_when_it_falls_back_to_the_servers_own_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --broker-url or public_broker_urls, the server's own (non-loopback) address
+    is written, with a warning on stderr that devices may need another one."""
+
+    async def add_user(config: Any, name: str, *, rotate: bool = False) -> Account:
+        return Account(name, f"runlet-{name}", "pw")
+
+    monkeypatch.setattr("runlet.roots.admin.add_user", add_user)
+    path = tmp_path / "server.toml"
+    path.write_text(
+        'role = "server"\nuser = "admin"\nnode = "s"\n'
+        '[broker]\nurls = ["amqp://runlet-server@rabbitmq:5672/"]\n[server]\n'
+    )
+    assert main(["-c", str(path), "user", "add", "bob"]) == 0
+    captured = capsys.readouterr()
+    assert '"amqp://runlet-bob:pw@rabbitmq:5672/"' in captured.out
+    assert "pass --broker-url or set server.public_broker_urls" in captured.err
 
 
 @pytest.mark.parametrize(
