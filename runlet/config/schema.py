@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from runlet.config.checks import (
     AMQP_URL_CHECK,
@@ -126,32 +126,14 @@ class BrokerConfig:
 def _check_broker(broker: BrokerConfig) -> None:
     """Raise `Conflict` on the first keys of `broker` that do not go together."""
     parts = [urlsplit(url) for url in broker.urls]
-    schemes = [part.scheme for part in parts]
-    if len(set(schemes)) > 1:
-        odd = next(index for index, scheme in enumerate(schemes) if scheme != schemes[0])
-        raise Conflict(
-            f"broker.urls[{odd}]",
-            f"is {schemes[odd]}:// but broker.urls[0] is {schemes[0]}://: a failover must"
-            " never change whether the connection is encrypted",
-        )
+    _check_schemes([part.scheme for part in parts])
     if (broker.cert_file is None) != (broker.key_file is None):
         missing, given = (
             ("key_file", "cert_file") if broker.key_file is None else ("cert_file", "key_file")
         )
         raise Conflict(f"broker.{missing}", f"is required with broker.{given}")
-    if schemes[0] != "amqps":
-        tls_keys = {
-            "ca_file": broker.ca_file is not None,
-            "cert_file": broker.cert_file is not None,
-            "server_name": broker.server_name is not None,
-            "verify": not broker.verify,
-            "login": broker.login == "certificate",
-        }
-        for name, is_set in tls_keys.items():
-            if is_set:
-                raise Conflict(
-                    f"broker.{name}", "applies to amqps:// URLs only, and broker.urls are amqp://"
-                )
+    if parts[0].scheme != "amqps":
+        _check_no_tls_keys(broker)
     if broker.login == "certificate":
         if broker.cert_file is None:
             raise Conflict("broker.cert_file", 'is required with broker.login = "certificate"')
@@ -160,6 +142,36 @@ def _check_broker(broker: BrokerConfig) -> None:
                 "broker.password_file",
                 'must be unset with broker.login = "certificate": the certificate is the login',
             )
+    _check_logins(broker, parts)
+
+
+def _check_schemes(schemes: list[str]) -> None:
+    if len(set(schemes)) > 1:
+        odd = next(index for index, scheme in enumerate(schemes) if scheme != schemes[0])
+        raise Conflict(
+            f"broker.urls[{odd}]",
+            f"is {schemes[odd]}:// but broker.urls[0] is {schemes[0]}://: a failover must"
+            " never change whether the connection is encrypted",
+        )
+
+
+def _check_no_tls_keys(broker: BrokerConfig) -> None:
+    tls_keys = {
+        "ca_file": broker.ca_file is not None,
+        "cert_file": broker.cert_file is not None,
+        "server_name": broker.server_name is not None,
+        "verify": not broker.verify,
+        "login": broker.login == "certificate",
+    }
+    for name, is_set in tls_keys.items():
+        if is_set:
+            raise Conflict(
+                f"broker.{name}", "applies to amqps:// URLs only, and broker.urls are amqp://"
+            )
+
+
+def _check_logins(broker: BrokerConfig, parts: list[SplitResult]) -> None:
+    """No URL holds a password the file or the certificate replaces; each names its user."""
     for index, part in enumerate(parts):
         if part.password is not None and (broker.password_file or broker.login == "certificate"):
             why = (
