@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,17 @@ def test_a_recipient_key_holding_a_newline_opens() -> None:
     assert open_fleet_key(seal_fleet_key(key, device.public), device) == key
 
 
+@pytest.fixture
+def _no_log_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command must not point structlog at this test's captured stderr (it closes), nor
+    read RUNLET_* variables from outside."""
+    for name in list(os.environ):
+        if name.startswith("RUNLET_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setattr("runlet.logging.configure", lambda *args, **kwargs: None)
+
+
+@pytest.mark.usefixtures("_no_log_setup")
 def test_key_rotate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`key rotate` replaces the key file with a ring whose current key is new; the old
     fingerprint is named, and a device given the sealed ring reads both generations."""
