@@ -239,8 +239,8 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
     print(f"device {node} of {user} {'revoked' if revoked else 'had no account'}")
     if revoked:
         print(
-            "it still holds the fleet key: on a device that stays, `runlet key rotate`, then seal"
-            " the new key to each remaining device (`runlet key seal`)"
+            "it still holds the fleet key: on a device that stays, `runlet key rotate`, then"
+            " `runlet key grant NODE LINE` for each remaining device"
         )
     return 0 if revoked else EXIT_NOHOST
 
@@ -330,9 +330,21 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
     print(f"fleet key {key.fingerprint()} replaces {old.fingerprint()} in {config.key_file}")
     print(
         f"it keeps {key.generations - 1} older key(s) to read what they sealed; give it to each"
-        " device that stays: there `runlet key device`, here `runlet key seal LINE`, there"
-        " `runlet key import --force`, then restart its daemon"
+        " device that stays: there `runlet key device`, here `runlet key grant NODE LINE` (its"
+        " daemon takes it on, now or when it is back)"
     )
+    return 0
+
+
+def cmd_key_grant(args: argparse.Namespace) -> int:
+    from runlet.client.keys import grant
+    from runlet.protocol.addresses import valid_name
+
+    if not valid_name(args.node):
+        raise UsageError(f"{args.node[:80]!r} is not a valid node name")
+    config = _config(args)
+    sealed_for = asyncio.run(grant(config, _fleet_key(config), args.node, args.public))
+    print(f"fleet key {_fleet_key(config).fingerprint()} sent to {args.node} (device {sealed_for})")
     return 0
 
 

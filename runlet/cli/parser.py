@@ -18,6 +18,7 @@ from runlet.cli.commands import (
     cmd_jobs,
     cmd_key_device,
     cmd_key_export,
+    cmd_key_grant,
     cmd_key_import,
     cmd_key_init,
     cmd_key_rotate,
@@ -260,6 +261,12 @@ def _add_key(sub: Any) -> None:
     )
     k_seal.add_argument("public", help="the line `runlet key device` printed on that device")
     k_seal.set_defaults(func=cmd_key_seal)
+    k_grant = key_sub.add_parser(
+        "grant", help="send the fleet key, sealed to a node's key pair, to that node's daemon"
+    )
+    k_grant.add_argument("node")
+    k_grant.add_argument("public", help="the line `runlet key device` printed on that node")
+    k_grant.set_defaults(func=cmd_key_grant)
     k_import = key_sub.add_parser(
         "import", help="store a key (plain or sealed to this device) read from standard input"
     )

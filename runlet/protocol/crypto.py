@@ -95,7 +95,7 @@ _NOUNS = {
 class FleetKey:
     """The 32-byte secret shared by one user's devices, with the keys it replaced (if any)."""
 
-    __slots__ = ("_older", "_raw")
+    __slots__ = ("_keys",)
 
     def __init__(self, raw: bytes, older: tuple[bytes, ...] = ()) -> None:
         for key in (raw, *older):
@@ -104,8 +104,29 @@ class FleetKey:
                 raise CryptoError(f"a fleet key is {KEY_SIZE} bytes, got {size}")
         if len(older) >= MAX_RING:
             raise CryptoError(f"a fleet key keeps at most {MAX_RING - 1} keys it replaced")
-        self._raw = raw
-        self._older = older
+        self._keys = (raw, *older)  # current first; one attribute, so `adopt` swaps at once
+
+    @property
+    def _raw(self) -> bytes:
+        return self._keys[0]
+
+    @property
+    def _older(self) -> tuple[bytes, ...]:
+        return self._keys[1:]
+
+    def adopt(self, rotation: FleetKey) -> None:
+        """Take on `rotation`, in place, for everyone holding this object (a running daemon's
+        actors): it must keep this key among its older ones, which only a holder of this key
+        can make. Job keys made before go on with the keys they were made from."""
+        if not rotation.keeps(self):
+            raise CryptoError("the new fleet key is no rotation of this one: refused")
+        self._keys = rotation._keys
+
+    def keeps(self, earlier: FleetKey) -> bool:
+        """Whether `earlier`'s current key is among the keys this one replaced."""
+        current = earlier._raw
+        found = [sodium_memcmp(current, key) for key in self._older]  # each in constant time
+        return any(found)
 
     def rotated(self) -> FleetKey:
         """A new random current key that keeps this one (and its older ones) for reading."""
@@ -223,8 +244,9 @@ class JobKey:
         self._job_id = job_id
         self._job = job_id.encode("utf-8")
         # the derivation is FleetKey's own business; older keys only ever open
-        self._aead = self._derive(fleet._raw)
-        self._older = tuple(self._derive(key) for key in fleet._older)
+        keys = fleet._keys  # one read: a concurrent `adopt` cannot tear it
+        self._aead = self._derive(keys[0])
+        self._older = tuple(self._derive(key) for key in keys[1:])
 
     def _derive(self, fleet: bytes) -> nacl.secret.Aead:
         derived = nacl.hash.blake2b(

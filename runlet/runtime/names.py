@@ -12,6 +12,7 @@ JOB_QUEUE = "job_queue"
 GOVERNOR = "governor"
 VAULT = "vault"
 LEDGER = "ledger"
+KEY_KEEPER = "key_keeper"
 SESSION_PREFIX = "pty:"
 
 

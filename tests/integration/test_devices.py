@@ -23,6 +23,7 @@ from runlet.adapters.rabbitmq_admin import Account, BrokerAdmin, device_user
 from runlet.config import parse_config
 from runlet.errors import UsageError
 from runlet.protocol import addresses
+from runlet.protocol.crypto import FleetKey
 from runlet.roots import admin as roots_admin
 from tests.support import (
     BROKER_URL,
@@ -33,6 +34,7 @@ from tests.support import (
     DaemonProcess,
     Fleet,
     delete_user_resources,
+    queue_info,
     run,
     unique_user,
     wait_for,
@@ -322,3 +324,59 @@ def test_a_device_revoked_while_it_streams_is_shut_out(tmp_path: Path, user: Acc
     log = daemons["lost"].log()
     assert log.index("broker_connection_lost") < log.index("the broker refused the login")
     assert lost.password not in log
+
+
+def test_a_rotated_key_reaches_a_node_that_was_away(tmp_path: Path, user: Account) -> None:
+    """`key rotate` then `key grant` while the node's daemon is stopped: when it comes back its
+    Key Keeper takes the sealed key from its queue, replaces its key file, and runs a job
+    sealed with the new key."""
+    fleet = Fleet(tmp_path, user.name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLET_")}
+    edge_key = tmp_path / "edge.key"
+    edge_key.write_bytes(fleet.key_file.read_bytes())
+    edge_key.chmod(0o600)
+    edge_config = fleet.config_file("edge", urls=(url_of(user),))
+    edge_config.write_text(edge_config.read_text().replace(str(fleet.key_file), str(edge_key)))
+    client = fleet.config_file("laptop", role="client", urls=(url_of(user),))
+
+    def runlet(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "runlet", "-c", str(config), *args],
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_SECONDS,
+            env=env,
+            cwd=REPO,
+            check=False,
+        )
+
+    def start_edge(log: str) -> DaemonProcess:
+        daemon = DaemonProcess(edge_config, tmp_path / log)
+        fleet.processes.append(daemon)
+        daemon.start()
+        wait_ready(user.name, "edge", (url_of(user),), process=daemon)
+        return daemon
+
+    keys = addresses.keys_queue(user.name, "edge")
+    try:
+        first = start_edge("edge-1.log")
+        wait_for(
+            lambda: (queue_info(user.name, keys) or (0, 0))[1] > 0,
+            what="the Key Keeper consuming its queue",
+        )
+        first.stop()
+        public = runlet(edge_config, "key", "device").stdout.strip()
+        assert runlet(client, "key", "rotate").returncode == 0
+        granted = runlet(client, "key", "grant", "edge", public)
+        assert granted.returncode == 0, granted.stderr
+        assert (queue_info(user.name, keys) or (0, 0))[0] == 1  # waiting for the node
+        second = start_edge("edge-2.log")
+        wait_for(lambda: "fleet_key_rotated" in second.log(), what="the key taken on")
+        done = runlet(client, "run", "--on", "edge", "--", "echo", "new key")
+    finally:
+        fleet.close()
+    assert (done.returncode, done.stdout) == (0, "new key\n"), done.stderr
+    rotated = FleetKey.load(fleet.key_file)
+    assert rotated.generations == 2
+    assert FleetKey.load(edge_key) == rotated
+    assert "key_grant_refused" not in second.log()

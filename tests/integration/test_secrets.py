@@ -34,6 +34,7 @@ from tests.support import (
 
 _BROKER = urllib.parse.urlsplit(BROKER_URL)
 HOSTPORT = _BROKER.netloc.rpartition("@")[2]
+CONNECTIONS = ("runlet-daemon-edge", "runlet-keys-edge")  # the Gateway's, the Key Keeper's
 
 
 @pytest.fixture
@@ -119,9 +120,9 @@ def test_a_refused_password_is_named_not_shown(tmp_path: Path, account: Account)
         assert "(broker.password_file)" in failed.stderr
         daemon.start()
         wait_for(
-            lambda: "broker_connect_failed" in daemon.log(),
+            lambda: all(f'"connection": "{name}"' in daemon.log() for name in CONNECTIONS),
             STARTUP_SECONDS,
-            "the daemon to log why it cannot connect",
+            "both of the daemon's connections to log why they cannot connect",
             seen=lambda: daemon.log()[-2000:],
         )
         assert shown_by_ps(daemon.pid).count(wrong) == 0
@@ -130,7 +131,9 @@ def test_a_refused_password_is_named_not_shown(tmp_path: Path, account: Account)
         fleet.close()
     log = daemon.log()
     assert "the broker refused the login: ACCESS_REFUSED" in log
-    assert log.count("broker_connect_failed") == 1  # said once, not at every retry
+    said = [json.loads(line) for line in log.splitlines() if "broker_connect_failed" in line]
+    # each connection says why once, not at every retry
+    assert sorted(line["connection"] for line in said) == sorted(CONNECTIONS)
     for text in (log, failed.stdout, failed.stderr):
         assert wrong not in text
         assert account.password not in text

@@ -131,7 +131,12 @@ class Broker:
                 except BROKER_ERRORS as exc:
                     last, why = exc, self.security.explain(exc)
                     if why != said and deadline is not None:  # a waiting daemon says why, once
-                        log.warning("broker_connect_failed", url=safe_url(url), error=why)
+                        log.warning(
+                            "broker_connect_failed",
+                            connection=self.name,
+                            url=safe_url(url),
+                            error=why,
+                        )
                         said = why
                     continue
                 self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
