@@ -277,18 +277,33 @@ def test_a_run_only_device_cannot_run_a_job_elsewhere(tmp_path: Path, user: Acco
     assert device.password not in failed.stderr
 
 
+def own_key_config(fleet: Fleet, node: str, url: str) -> Path:
+    """A daemon config whose key file is a copy of the fleet's, the node's own."""
+    key = fleet.root / f"{node}.key"
+    key.write_bytes(fleet.key_file.read_bytes())
+    key.chmod(0o600)
+    config = fleet.config_file(node, urls=(url,))
+    config.write_text(config.read_text().replace(str(fleet.key_file), str(key)))
+    return config
+
+
 def test_a_device_revoked_while_it_streams_is_shut_out(tmp_path: Path, user: Account) -> None:
-    """A device revoked in the middle of a job loses its connection, is refused when it tries
-    to log in again (and says so), while another device of the user runs the next job."""
+    """A device revoked in the middle of a job loses its connection and is refused when it
+    tries to log in again (and says so); the key is rotated and granted to the device that
+    stays, which runs the next job with the new key; the revoked device never gets it."""
     lost = run(_admin().create_device(user.name, "lost", run_only=True))
     kept = run(_admin().create_device(user.name, "kept", run_only=True))
     fleet = Fleet(tmp_path, user.name)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLET_")}
     client = fleet.config_file("laptop", role="client", urls=(url_of(user),))
+    configs = {
+        node: own_key_config(fleet, node, url_of(acct))
+        for node, acct in (("lost", lost), ("kept", kept))
+    }
 
-    def runlet(*args: str) -> subprocess.CompletedProcess[str]:
+    def runlet(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "runlet", "-c", str(client), *args],
+            [sys.executable, "-m", "runlet", "-c", str(config), *args],
             capture_output=True,
             text=True,
             timeout=STARTUP_SECONDS,
@@ -299,16 +314,14 @@ def test_a_device_revoked_while_it_streams_is_shut_out(tmp_path: Path, user: Acc
 
     try:
         daemons = {}
-        for node, account in (("lost", lost), ("kept", kept)):
-            daemon = DaemonProcess(
-                fleet.config_file(node, urls=(url_of(account),)), tmp_path / f"{node}.log"
-            )
+        for node, config in configs.items():
+            daemon = DaemonProcess(config, tmp_path / f"{node}.log")
             fleet.processes.append(daemon)
             daemon.start()
             wait_ready(user.name, node, (url_of(user),), process=daemon)
             daemons[node] = daemon
         stream = ["sh", "-c", "while :; do echo tick; sleep 0.05; done"]
-        started = runlet("run", "--on", "lost", "--detach", "--", *stream)
+        started = runlet(client, "run", "--on", "lost", "--detach", "--", *stream)
         assert started.returncode == 0, started.stderr
         wait_for(lambda: "job_started" in daemons["lost"].log(), what="the job to stream")
         assert run(_admin().remove_device(user.name, "lost"))
@@ -317,13 +330,23 @@ def test_a_device_revoked_while_it_streams_is_shut_out(tmp_path: Path, user: Acc
             what="the revoked device to be thrown off and refused",
             seen=lambda: daemons["lost"].log()[-1500:],
         )
-        done = runlet("run", "--on", "kept", "--", "echo", "still here")
+        assert runlet(client, "key", "rotate").returncode == 0
+        public = runlet(configs["kept"], "key", "device").stdout.strip()
+        granted = runlet(client, "key", "grant", "kept", public)
+        assert granted.returncode == 0, granted.stderr
+        wait_for(lambda: "fleet_key_rotated" in daemons["kept"].log(), what="kept's new key")
+        done = runlet(client, "run", "--on", "kept", "--", "echo", "still here")
     finally:
         fleet.close()
     assert (done.returncode, done.stdout) == (0, "still here\n"), done.stderr
     log = daemons["lost"].log()
     assert log.index("broker_connection_lost") < log.index("the broker refused the login")
     assert lost.password not in log
+    new_key, old_key = FleetKey.load(fleet.key_file), FleetKey.load(tmp_path / "lost.key")
+    assert FleetKey.load(tmp_path / "kept.key") == new_key
+    assert new_key.keeps(old_key)
+    assert old_key.generations == 1  # the revoked device's copy: the old key alone
+    assert "fleet_key_rotated" not in log
 
 
 def test_a_rotated_key_reaches_a_node_that_was_away(tmp_path: Path, user: Account) -> None:
@@ -332,11 +355,8 @@ def test_a_rotated_key_reaches_a_node_that_was_away(tmp_path: Path, user: Accoun
     sealed with the new key."""
     fleet = Fleet(tmp_path, user.name)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLET_")}
+    edge_config = own_key_config(fleet, "edge", url_of(user))
     edge_key = tmp_path / "edge.key"
-    edge_key.write_bytes(fleet.key_file.read_bytes())
-    edge_key.chmod(0o600)
-    edge_config = fleet.config_file("edge", urls=(url_of(user),))
-    edge_config.write_text(edge_config.read_text().replace(str(fleet.key_file), str(edge_key)))
     client = fleet.config_file("laptop", role="client", urls=(url_of(user),))
 
     def runlet(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
