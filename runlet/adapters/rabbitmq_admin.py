@@ -199,12 +199,19 @@ class BrokerAdmin:
         return account
 
     async def remove_device(self, user: str, node: str) -> bool:
-        """Delete the device's account and close its open connections; whether it existed."""
+        """Delete the device's account, close its open connections and delete its node's
+        queues (so a job sent to it is refused as having no node, not left waiting);
+        whether the account existed."""
         account = device_user(user, node)
         existed = await self._delete(f"/api/users/{_quote(account)}")
         for connection in await self._call("GET", "/api/connections?columns=name,user"):
             if connection.get("user") == account:
                 await self._delete(f"/api/connections/{_quote(connection['name'])}")
+        prefix = addresses.dispatch_queue(user, node).removesuffix("dispatch")  # ...node.<n>.
+        vhost = _quote(self.vhost)
+        for queue in await self._call("GET", f"/api/queues/{vhost}?columns=name"):
+            if str(queue["name"]).startswith(prefix):
+                await self._delete(f"/api/queues/{vhost}/{_quote(queue['name'])}")
         return existed
 
     async def devices(self, user: str) -> list[tuple[str, bool]]:

@@ -330,6 +330,8 @@ def test_a_device_revoked_while_it_streams_is_shut_out(tmp_path: Path, user: Acc
             what="the revoked device to be thrown off and refused",
             seen=lambda: daemons["lost"].log()[-1500:],
         )
+        assert queue_info(user.name, addresses.dispatch_queue(user.name, "lost")) is None
+        assert queue_info(user.name, addresses.dispatch_queue(user.name, "kept")) is not None
         assert runlet(client, "key", "rotate").returncode == 0
         public = runlet(configs["kept"], "key", "device").stdout.strip()
         granted = runlet(client, "key", "grant", "kept", public)
