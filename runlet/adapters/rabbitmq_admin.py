@@ -27,8 +27,9 @@ management API only as a salted SHA-256 hash (RabbitMQ's own `rabbit_password_ha
 
 **Devices.** `create_device(user, node)` gives one device an account of its own,
 `runlet-<user>.<node>` (a dot, which no name may hold, so it can never be another user's
-account), with the user's same permissions; `remove_device` deletes it and closes its open
-connections, so one lost device is shut out without touching the others. A **run-only** device
+account), with the user's same permissions; `remove_device` deletes it, closes its open
+connections and deletes its node's queues, so one lost device is shut out without touching
+the others. A **run-only** device
 also gets a topic permission on `runlet.<user>` (`run_only_pattern`): it may publish only what
 a daemon publishes for the jobs it runs (their state, output and log, under its own node name
 for a fanned-out job), its own presence and replies to viewers; never `dispatch.*`, input,
