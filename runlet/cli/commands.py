@@ -343,8 +343,9 @@ def cmd_key_grant(args: argparse.Namespace) -> int:
     if not valid_name(args.node):
         raise UsageError(f"{args.node[:80]!r} is not a valid node name")
     config = _config(args)
-    sealed_for = asyncio.run(grant(config, _fleet_key(config), args.node, args.public))
-    print(f"fleet key {_fleet_key(config).fingerprint()} sent to {args.node} (device {sealed_for})")
+    key = _fleet_key(config)
+    sealed_for = asyncio.run(grant(config, key, args.node, args.public))
+    print(f"fleet key {key.fingerprint()} sent to {args.node} (device {sealed_for})")
     return 0
 
 

@@ -405,6 +405,30 @@ def test_key_seal_refuses_what_is_no_public_key(
     assert len(captured.err) < 300
 
 
+@pytest.mark.parametrize(
+    ("argv", "status", "text"),
+    [
+        (["bad.node", "runlet-device-v1:" + "A" * 43], 64, "is not a valid node name"),
+        (["", "runlet-device-v1:" + "A" * 43], 64, "is not a valid node name"),
+        (["edge", ""], 77, "not a device public key"),
+        (["edge", "runlet-device-v1:" + "A" * 10], 77, "holds 7 bytes"),
+        (["edge", "x" * 100_000], 77, "over 4096"),
+    ],
+)
+def test_key_grant_refuses_bad_input_before_any_connection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], status: int, text: str
+) -> None:
+    """A bad node name or public key line is refused before the broker is contacted (the
+    config's broker is a closed port: a connection attempt would fail with 69)."""
+    config = str(write_config(tmp_path, broker='[broker]\nurls = ["amqp://127.0.0.1:9/"]'))
+    assert main(["-c", config, "key", "init"]) == 0
+    capsys.readouterr()
+    assert main(["-c", config, "key", "grant", *argv]) == status
+    err = capsys.readouterr().err
+    assert text in err
+    assert len(err) < 400
+
+
 def test_key_init_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A second `key init` fails with a storage error (exit 70); --force replaces the key."""
     config = str(write_config(tmp_path))
