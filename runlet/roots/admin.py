@@ -165,7 +165,8 @@ def device_config(
     )
     return (
         f"# Runlet config for user {account.name!r}: copy to each device, set node, then\n"
-        "# `runlet -c THIS key init` on one device and `key export | key import` to the others.\n"
+        "# `runlet -c THIS key init` on the first device; on each other, `key device`, then\n"
+        "# `key seal LINE` on a device that has the key, and `key import` of what it printed.\n"
         '# The broker password below is a secret: keep this file mode 600.\nrole = "daemon"\n'
         f'user = "{account.name}"\nnode = "{node}"\ndata_dir = "/var/lib/runlet"\n\n'
         f"[broker]\nurls = [{listed}]\n{ca}\n"
