@@ -331,7 +331,8 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
     print(
         f"it keeps {key.generations - 1} older key(s) to read what they sealed; give it to each"
         " device that stays: there `runlet key device`, here `runlet key grant NODE LINE` (its"
-        " daemon takes it on, now or when it is back)"
+        " daemon takes it on, now or when it is back); a daemon running on this device with"
+        " this key file takes it on when it restarts, or at once with `key grant` to itself"
     )
     return 0
 
