@@ -15,6 +15,7 @@ RunletError
 │   └── LogDamage          a log is unreadable from a byte on (path, offset, kind)
 ├── MigrationError         a database migration was changed or is unknown (exit 70)
 ├── AccountExists          `user add` for a user that has a broker account already
+├── AccessRefused          the broker refused this account a publish (a run-only device) (77)
 ├── ClosedError            used after we closed it
 └── ServiceError           an outside service failed: the only kind that is retried (exit 69)
     ├── BrokerUnavailable
@@ -169,6 +170,19 @@ class AccountExists(RunletError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"user {name!r} already has a broker account")
+
+
+class AccessRefused(RunletError):
+    """The broker refused this account a publish (`routing_key`): retrying will not help."""
+
+    exit_code = EXIT_NOPERM
+
+    def __init__(self, routing_key: str, reason: str) -> None:
+        self.routing_key = routing_key
+        super().__init__(
+            f"the broker refused this account publishing to {routing_key}: {reason} (a"
+            " run-only device's account may run jobs but not start or steer them)"
+        )
 
 
 class ClosedError(RunletError):

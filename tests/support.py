@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from runlet.adapters.broker import Broker, Incoming, QueueSpec
+from runlet.adapters.broker import Broker, BrokerSecurity, Incoming, QueueSpec
 from runlet.config import Config, load_config
 from runlet.errors import ProtocolError
 from runlet.protocol import addresses, wire
@@ -129,16 +129,18 @@ class Fleet:
         grace: float = 2.0,
         urls: tuple[str, ...] = (BROKER_URL,),
         presence: float | None = None,
+        broker: str = "",
         extra: str = "",
     ) -> Path:
-        """Write `<node>.toml`; `presence` sets `[broker] presence_seconds` (heartbeats)."""
+        """Write `<node>.toml`; `presence` sets `[broker] presence_seconds` (heartbeats), and
+        `broker` is more lines for that section (TLS, a password file)."""
         path = self.root / f"{node}.toml"
         url_list = ", ".join(json.dumps(u) for u in urls)
         beats = "" if presence is None else f"presence_seconds = {presence}\n"
         path.write_text(
             f'role = "{role}"\nuser = "{self.user}"\nnode = "{node}"\n'
             f'data_dir = "{self.root / node}"\ntags = {json.dumps(list(tags))}\n'
-            f"[broker]\nurls = [{url_list}]\nheartbeat = 5\n{beats}"
+            f"[broker]\nurls = [{url_list}]\nheartbeat = 5\n{beats}{broker}"
             f"[jobs]\nmax_parallel = {max_parallel}\ngrace_seconds = {grace}\n"
             f'[crypto]\nkey_file = "{self.key_file}"\n[log]\nlevel = "info"\nformat = "json"\n'
             + extra
@@ -157,7 +159,7 @@ class Fleet:
         daemon = Daemon(config, self.key)
         daemon.start()
         self.daemons.append(daemon)
-        wait_ready(self.user, node, config.broker.urls)
+        wait_ready(self.user, node, config.broker.urls, security=BrokerSecurity.of(config.broker))
         return daemon
 
     def start_process(self, node: str, **options: Any) -> DaemonProcess:
@@ -167,7 +169,8 @@ class Fleet:
         proc = DaemonProcess(path, self.root / f"{node}.log")
         self.processes.append(proc)
         proc.start()
-        wait_ready(self.user, node, config.broker.urls, process=proc)
+        security = BrokerSecurity.of(config.broker)
+        wait_ready(self.user, node, config.broker.urls, process=proc, security=security)
         return proc
 
     def wait_online(self, node: str, timeout: float = STARTUP_SECONDS) -> None:
@@ -220,6 +223,7 @@ def wait_ready(
     *,
     process: DaemonProcess | None = None,
     timeout: float = STARTUP_SECONDS,
+    security: BrokerSecurity | None = None,
 ) -> None:
     """Until the node's daemon answers a ping on its rpc queue.
 
@@ -228,7 +232,7 @@ def wait_ready(
     dispatch queue alone does not (a replay request or a ping sent then would be dropped).
     A `process` that ends meanwhile fails the wait at once, with its log.
     """
-    run(_ping_until_pong(user, node, urls, process, timeout), timeout + 30)
+    run(_ping_until_pong(user, node, urls, process, timeout, security=security), timeout + 30)
 
 
 async def _ping_until_pong(
@@ -237,6 +241,8 @@ async def _ping_until_pong(
     urls: tuple[str, ...],
     process: DaemonProcess | None,
     timeout: float,
+    *,
+    security: BrokerSecurity | None = None,
 ) -> None:
     viewer = f"ready-{uuid.uuid4().hex[:8]}"
     reply = addresses.reply_key(viewer, "0" * 32)
@@ -251,7 +257,7 @@ async def _ping_until_pong(
         if isinstance(msg, Pong) and msg.node == node:
             pongs.put_nowait(msg)
 
-    broker = Broker(list(urls), user, name="runlet-test-ready")
+    broker = Broker(list(urls), user, name="runlet-test-ready", security=security)
     await broker.connect(wait=timeout)
     try:
         name = addresses.job_queue(user, "0" * 32, "ready", viewer)

@@ -25,6 +25,17 @@ What it must never do: log, print or put into an exception a password (the admin
 user's). `Account.password` is left out of its repr, and the new password travels to the
 management API only as a salted SHA-256 hash (RabbitMQ's own `rabbit_password_hashing_sha256`).
 
+**Devices.** `create_device(user, node)` gives one device an account of its own,
+`runlet-<user>.<node>` (a dot, which no name may hold, so it can never be another user's
+account), with the user's same permissions; `remove_device` deletes it, closes its open
+connections and deletes its node's queues, so one lost device is shut out without touching
+the others. A **run-only** device
+also gets a topic permission on `runlet.<user>` (`run_only_pattern`): it may publish only what
+a daemon publishes for the jobs it runs (their state, output and log, under its own node name
+for a fanned-out job), its own presence and replies to viewers; never `dispatch.*`, input,
+controls or questions to other nodes, so it can run jobs but not start one anywhere. The broker
+itself refuses the rest (ACCESS_REFUSED). `remove(user)` removes the user's devices too.
+
 `create` on a name that already has an account raises `AccountExists` unless `rotate=True`,
 which gives it a new password (its open connections keep working until they reconnect).
 The check and the creation are two requests: two administrators adding the same user at the
@@ -94,6 +105,27 @@ def broker_user(name: str) -> str:
     return f"{BROKER_USER_PREFIX}{name}"
 
 
+def device_user(user: str, node: str) -> str:
+    """The RabbitMQ user name of one device of a Runlet user: `runlet-<user>.<node>`."""
+    _require_name(node)
+    return f"{broker_user(user)}.{node}"
+
+
+def run_only_pattern(node: str) -> str:
+    """The routing keys a run-only device may publish on its user's exchange.
+
+    A job's state, output and log (`job.<id>.<concern>`, or `job.<id>.<node>.<concern>` for
+    its own part of a fanned-out job), its own presence and a reply to a viewer; the same
+    `$(?!\n)` end as `permission_pattern`.
+    """
+    _require_name(node)
+    own = re.escape(node)
+    return (
+        rf"^(job\.[0-9a-f]{{32}}(\.{own})?\.(state|output|log)|node\.{own}\.presence"
+        r"|reply\.[A-Za-z0-9_-]{1,64}\.[0-9a-f]{32})$(?!\n)"
+    )
+
+
 class BrokerAdmin:
     """Creates, lists and removes broker accounts, as a RabbitMQ administrator."""
 
@@ -129,10 +161,13 @@ class BrokerAdmin:
         An existing account raises `AccountExists`, or with `rotate` gets a new password.
         When the permissions cannot be set, an account this call made is deleted again.
         """
-        user = broker_user(name)
+        return await self._make(broker_user(name), name, rotate=rotate)
+
+    async def _make(self, user: str, name: str, *, rotate: bool) -> Account:
+        """Broker user `user` with a new password and the permissions of Runlet user `name`."""
         existed = await self._exists(user)
         if existed and not rotate:
-            raise AccountExists(name)
+            raise AccountExists(user.removeprefix(BROKER_USER_PREFIX))
         password = secrets.token_urlsafe(24)
         body = {"password_hash": _hash_password(password), "hashing_algorithm": _HASHING}
         await self._call("PUT", f"/api/users/{_quote(user)}", {**body, "tags": ""})
@@ -150,6 +185,53 @@ class BrokerAdmin:
             raise
         return Account(name, user, password)
 
+    async def create_device(
+        self, user: str, node: str, *, run_only: bool = False, rotate: bool = False
+    ) -> Account:
+        """An account for one device of `user`, with the user's permissions; a run-only one
+        may publish only `run_only_pattern(node)`. `AccountExists` unless `rotate`."""
+        account = await self._make(device_user(user, node), user, rotate=rotate)
+        path = f"/api/topic-permissions/{_quote(self.vhost)}/{_quote(account.broker_user)}"
+        if run_only:
+            pattern = {"write": run_only_pattern(node), "read": ".*"}
+            await self._call("PUT", path, {"exchange": addresses.exchange(user), **pattern})
+        else:  # a rotated account that was run-only before is no longer
+            await self._call("DELETE", path, missing_ok=True)
+        return account
+
+    async def remove_device(self, user: str, node: str) -> bool:
+        """Delete the device's account, close its open connections and delete its node's
+        queues (so a job sent to it is refused as having no node, not left waiting);
+        whether the account existed."""
+        account = device_user(user, node)
+        existed = await self._delete(f"/api/users/{_quote(account)}")
+        for connection in await self._call("GET", "/api/connections?columns=name,user"):
+            if connection.get("user") == account:
+                await self._delete(f"/api/connections/{_quote(connection['name'])}")
+        prefix = addresses.dispatch_queue(user, node).removesuffix("dispatch")  # ...node.<n>.
+        vhost = _quote(self.vhost)
+        for queue in await self._call("GET", f"/api/queues/{vhost}?columns=name"):
+            if str(queue["name"]).startswith(prefix):
+                await self._delete(f"/api/queues/{vhost}/{_quote(queue['name'])}")
+        return existed
+
+    async def devices(self, user: str) -> list[tuple[str, bool]]:
+        """(node, run-only) for every device account of `user`, sorted by node."""
+        prefix = f"{broker_user(user)}."
+        nodes = []
+        for found in await self._call("GET", "/api/users?columns=name"):
+            node = str(found["name"]).removeprefix(prefix)
+            if str(found["name"]).startswith(prefix) and addresses.valid_name(node):
+                nodes.append(node)
+        limited = {
+            str(item["user"]).removeprefix(prefix)
+            for item in await self._call(
+                "GET", f"/api/vhosts/{_quote(self.vhost)}/topic-permissions"
+            )
+            if item.get("exchange") == addresses.exchange(user)
+        }
+        return [(node, node in limited) for node in sorted(nodes)]
+
     async def remove(self, name: str) -> bool:
         """Delete the account, then the user's queues and exchanges.
 
@@ -159,6 +241,8 @@ class BrokerAdmin:
         """
         user = broker_user(name)
         existed = await self._delete(f"/api/users/{_quote(user)}")
+        for node, _ in await self.devices(name):
+            await self.remove_device(name, node)
         vhost = _quote(self.vhost)
         for kind in ("queues", "exchanges"):
             for item in await self._call("GET", f"/api/{kind}/{vhost}?columns=name"):

@@ -162,6 +162,16 @@ def _user_name(name: str) -> str:
     return name
 
 
+def _say_fallback(config: Config, given: list[str]) -> None:
+    """Warn when the device address is only the server's own (it may be a private name)."""
+    if not given and config.server is not None and not config.server.public_broker_urls:
+        print(
+            "runlet: the config below reaches the broker the way this server does; if devices"
+            " reach it by another name, pass --broker-url or set server.public_broker_urls",
+            file=sys.stderr,
+        )
+
+
 def cmd_user_add(args: argparse.Namespace) -> int:
     from runlet.roots import admin
 
@@ -170,8 +180,11 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
     if not valid_name(args.node):
         raise UsageError(f"--node {args.node[:80]!r} is not a valid node name")
-    account = asyncio.run(admin.add_user(config, _user_name(args.name), rotate=args.rotate))
-    print(admin.device_config(config, account, args.node), end="")
+    name = _user_name(args.name)
+    urls = admin.device_urls(config, args.broker_url)  # before anything is made
+    _say_fallback(config, args.broker_url)
+    account = asyncio.run(admin.add_user(config, name, rotate=args.rotate))
+    print(admin.device_config(config, account, args.node, urls), end="")
     return 0
 
 
@@ -193,6 +206,46 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
     removed = asyncio.run(admin.remove_user(_config(args), _user_name(args.name)))
     print(f"user {args.name} {'removed' if removed else 'was not there'}")
     return 0 if removed else EXIT_NOHOST
+
+
+def cmd_device_add(args: argparse.Namespace) -> int:
+    from runlet.roots import admin
+
+    config = _config(args)
+    user, node = _user_name(args.user), _user_name(args.node)
+    urls = admin.device_urls(config, args.broker_url)  # before anything is made
+    _say_fallback(config, args.broker_url)
+    account = asyncio.run(
+        admin.add_device(config, user, node, run_only=args.run_only, rotate=args.rotate)
+    )
+    print(admin.device_config(config, account, node, urls), end="")
+    return 0
+
+
+def cmd_device_list(args: argparse.Namespace) -> int:
+    from runlet.roots import admin
+
+    devices = asyncio.run(admin.list_devices(_config(args), _user_name(args.user)))
+    if args.json:
+        print(json.dumps([{"node": n, "run_only": r} for n, r in devices]))
+    else:
+        for node, run_only in devices:
+            print(f"{node}{'  (run-only)' if run_only else ''}")
+    return 0
+
+
+def cmd_device_revoke(args: argparse.Namespace) -> int:
+    from runlet.roots import admin
+
+    user, node = _user_name(args.user), _user_name(args.node)
+    revoked = asyncio.run(admin.revoke_device(_config(args), user, node))
+    print(f"device {node} of {user} {'revoked' if revoked else 'had no account'}")
+    if revoked:
+        print(
+            "it still holds the fleet key: on a device that stays, `runlet key rotate`, then"
+            " `runlet key grant NODE LINE` for each remaining device"
+        )
+    return 0 if revoked else EXIT_NOHOST
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
@@ -249,14 +302,70 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 # -- keys and config ----------------------------------------------------------------------
 
 
+def _device_key(config: Config, *, make: bool = True) -> Any:
+    from runlet.protocol.identity import DEVICE_KEY_FILE, DeviceKey
+
+    path = config.data_dir / DEVICE_KEY_FILE
+    return DeviceKey.load_or_make(path) if make else DeviceKey.load(path)
+
+
 def cmd_key_init(args: argparse.Namespace) -> int:
     from runlet.protocol.crypto import FleetKey
 
     config = _config(args)
     key = FleetKey.generate()
     key.save(config.key_file, overwrite=args.force)
+    device = _device_key(config)
     print(f"fleet key {key.fingerprint()} written to {config.key_file}")
-    print("copy it to your other devices with `runlet key export` / `runlet key import`")
+    print(f"this device's key pair: {device.fingerprint()}")
+    print(
+        "bring the fleet key to another device: there, `runlet key device`; here, `runlet key"
+        " seal LINE`; there, `runlet key import` of what seal printed"
+    )
+    return 0
+
+
+def cmd_key_rotate(args: argparse.Namespace) -> int:
+    config = _config(args)
+    old = _fleet_key(config)
+    key = old.rotated()
+    key.save(config.key_file, overwrite=True)
+    print(f"fleet key {key.fingerprint()} replaces {old.fingerprint()} in {config.key_file}")
+    print(
+        f"it keeps {key.generations - 1} older key(s) to read what they sealed; give it to each"
+        " device that stays: there `runlet key device`, here `runlet key grant NODE LINE` (its"
+        " daemon takes it on, now or when it is back); a daemon running on this device with"
+        " this key file takes it on when it restarts, or at once with `key grant` to itself"
+    )
+    return 0
+
+
+def cmd_key_grant(args: argparse.Namespace) -> int:
+    from runlet.client.keys import grant
+    from runlet.protocol.addresses import valid_name
+
+    if not valid_name(args.node):
+        raise UsageError(f"{args.node[:80]!r} is not a valid node name")
+    config = _config(args)
+    key = _fleet_key(config)
+    sealed_for = asyncio.run(grant(config, key, args.node, args.public))
+    print(f"fleet key {key.fingerprint()} sent to {args.node} (device {sealed_for})")
+    return 0
+
+
+def cmd_key_device(args: argparse.Namespace) -> int:
+    device = _device_key(_config(args))
+    print(device.public_text())
+    return 0
+
+
+def cmd_key_seal(args: argparse.Namespace) -> int:
+    from runlet.protocol.identity import fingerprint, parse_public, seal_fleet_key
+
+    config = _config(args)
+    recipient = parse_public(args.public)
+    print(seal_fleet_key(_fleet_key(config), recipient))
+    print(f"sealed for device {fingerprint(recipient)}", file=sys.stderr)
     return 0
 
 
@@ -267,10 +376,14 @@ def cmd_key_export(args: argparse.Namespace) -> int:
 
 def cmd_key_import(args: argparse.Namespace) -> int:
     from runlet.protocol.crypto import FleetKey
+    from runlet.protocol.identity import is_sealed, open_fleet_key
 
     config = _config(args)
     text = sys.stdin.read(8192)
-    key = FleetKey.import_text(text)
+    if is_sealed(text):
+        key = open_fleet_key(text, _device_key(config, make=False))
+    else:
+        key = FleetKey.import_text(text)
     key.save(config.key_file, overwrite=args.force)
     print(f"fleet key {key.fingerprint()} written to {config.key_file}")
     return 0

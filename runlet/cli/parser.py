@@ -11,11 +11,18 @@ from runlet.cli.commands import (
     cmd_cancel,
     cmd_check_config,
     cmd_config_keys,
+    cmd_device_add,
+    cmd_device_list,
+    cmd_device_revoke,
     cmd_job,
     cmd_jobs,
+    cmd_key_device,
     cmd_key_export,
+    cmd_key_grant,
     cmd_key_import,
     cmd_key_init,
+    cmd_key_rotate,
+    cmd_key_seal,
     cmd_key_show,
     cmd_logs,
     cmd_nodes,
@@ -174,6 +181,14 @@ def _add_users(sub: Any) -> None:
     add.add_argument("name")
     add.add_argument("--rotate", action="store_true", help="existing user: set a new password")
     add.add_argument("--node", default="CHANGE-ME", help="node name to put in the printed config")
+    add.add_argument(
+        "--broker-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="broker address devices use, without a login (repeat for a cluster);"
+        " default: server.public_broker_urls",
+    )
     add.set_defaults(func=cmd_user_add)
     listing = user_sub.add_parser("list", help="list users")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -181,6 +196,33 @@ def _add_users(sub: Any) -> None:
     remove = user_sub.add_parser("remove", help="delete a user's broker account and resources")
     remove.add_argument("name")
     remove.set_defaults(func=cmd_user_remove)
+    device = sub.add_parser("device", help="server admin: one broker account per device")
+    device_sub = device.add_subparsers(dest="device_command", metavar="ACTION", required=True)
+    add = device_sub.add_parser("add", help="an account for one device; prints its config")
+    add.add_argument("user")
+    add.add_argument("node")
+    add.add_argument(
+        "--run-only", action="store_true", help="it may run jobs but never start one (dispatch)"
+    )
+    add.add_argument("--rotate", action="store_true", help="existing device: set a new password")
+    add.add_argument(
+        "--broker-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="broker address the device uses, without a login; default: public_broker_urls",
+    )
+    add.set_defaults(func=cmd_device_add)
+    listing = device_sub.add_parser("list", help="list a user's devices")
+    listing.add_argument("user")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=cmd_device_list)
+    revoke = device_sub.add_parser(
+        "revoke", help="delete a device's account and close its connections"
+    )
+    revoke.add_argument("user")
+    revoke.add_argument("node")
+    revoke.set_defaults(func=cmd_device_revoke)
 
 
 def _add_ping(sub: Any) -> None:
@@ -208,7 +250,26 @@ def _add_key(sub: Any) -> None:
     key_sub.add_parser(
         "export", help="print the key as one line, to import on another device"
     ).set_defaults(func=cmd_key_export)
-    k_import = key_sub.add_parser("import", help="store a key read from standard input")
+    key_sub.add_parser(
+        "device", help="print this device's public key (makes its key pair if need be)"
+    ).set_defaults(func=cmd_key_device)
+    key_sub.add_parser(
+        "rotate", help="a new fleet key that keeps the old ones for reading (after a revoke)"
+    ).set_defaults(func=cmd_key_rotate)
+    k_seal = key_sub.add_parser(
+        "seal", help="print the fleet key sealed to another device's public key"
+    )
+    k_seal.add_argument("public", help="the line `runlet key device` printed on that device")
+    k_seal.set_defaults(func=cmd_key_seal)
+    k_grant = key_sub.add_parser(
+        "grant", help="send the fleet key, sealed to a node's key pair, to that node's daemon"
+    )
+    k_grant.add_argument("node")
+    k_grant.add_argument("public", help="the line `runlet key device` printed on that node")
+    k_grant.set_defaults(func=cmd_key_grant)
+    k_import = key_sub.add_parser(
+        "import", help="store a key (plain or sealed to this device) read from standard input"
+    )
     k_import.add_argument("--force", action="store_true", help="replace an existing key")
     k_import.set_defaults(func=cmd_key_import)
     key_sub.add_parser("show", help="print the key's fingerprint (safe to share)").set_defaults(

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from runlet.adapters.broker import Broker, Incoming, QueueSpec
+from runlet.adapters.broker import Broker, BrokerSecurity, Incoming, QueueSpec
 from runlet.config import Config
 from runlet.errors import NoSuchTarget, ProtocolError, RunletError, ServerUnavailable
 from runlet.protocol import addresses, wire
@@ -52,7 +52,13 @@ async def ask(config: Config, query: Query) -> list[dict[str, Any]]:
     """Send one query to the server and wait for its answer rows."""
     viewer = f"{config.node[:40]}-q{int(time.time() * 1000) % 100000}"
     reply = addresses.reply_key(viewer, "0" * 32)
-    broker = Broker(config.broker.urls, config.user, name=f"runlet-query-{config.node}")
+    broker = Broker(
+        config.broker.urls,
+        config.user,
+        name=f"runlet-query-{config.node}",
+        heartbeat=config.broker.heartbeat,
+        security=BrokerSecurity.of(config.broker),
+    )
     await broker.connect()
     answers: asyncio.Queue[bytes] = asyncio.Queue()
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from runlet.adapters.broker import Broker, Incoming, QueueSpec
+from runlet.adapters.broker import Broker, BrokerSecurity, Incoming, QueueSpec
 from runlet.adapters.logfile import FLAG_FINAL, open_output
 from runlet.config import Config
 from runlet.errors import CryptoError, NoSuchTarget, ProtocolError
@@ -93,6 +93,7 @@ class Client:
             heartbeat=config.broker.heartbeat,
             publish_timeout=config.broker.publish_timeout,
             prefetch=1000,
+            security=BrokerSecurity.of(config.broker),
         )
         self._seq = 0
         self._input_keys: dict[str, JobKey] = {}

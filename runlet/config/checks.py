@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 # How an environment variable's text becomes a value: read as TOML (numbers, booleans), taken
 # as written (strings and paths), or split on commas (lists).
@@ -39,6 +39,14 @@ class Invalid(Exception):
         super().__init__(problem)
         self.problem = problem
         self.index = index
+
+
+class Conflict(Invalid):
+    """Keys of one section that do not go together; `key` is the dotted key to blame."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
 
 
 class Check(Protocol):
@@ -177,6 +185,13 @@ REGION_CHECK = Matching(
     "region name (1-64 of A-Z a-z 0-9 _ -)",
     "must be 1 to 64 ASCII letters, digits, '_' or '-' (like us-east-1)",
 )
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_NAME_CHECK = Matching(
+    re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*"),
+    "DNS host name",
+    "must be a DNS host name: dot-separated labels of letters, digits and '-', at most 253"
+    " characters",
+)
 _BUCKET_NAME = Matching(
     re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"),
     "S3 bucket name (3-63 of a-z 0-9 . -)",
@@ -222,6 +237,8 @@ class Url:
     schemes: tuple[str, str]
     example: str  # shown when the host is missing
     endpoint: bool = False
+    # query parameters the library would act on behind our back: (name, the key to use)
+    taken: tuple[tuple[str, str], ...] = ()
     shape: ClassVar[Shape] = "text"
 
     @property
@@ -248,6 +265,10 @@ class Url:
             raise Invalid("must not hold a login: put the keys in storage.credentials_file")
         if self.endpoint and (parts.query or parts.fragment):  # a query may hold a signature
             raise Invalid("must not have a query (?...) or fragment (#...)")
+        names = {name.lower() for name, _ in parse_qsl(parts.query, keep_blank_values=True)}
+        for name, instead in self.taken:
+            if name in names:
+                raise Invalid(f"must not set {name!r} in its query: use {instead}")
         return url
 
 
@@ -258,7 +279,17 @@ def _port_or_zero(parts: SplitResult) -> int | None:
         return 0
 
 
-AMQP_URL_CHECK = Url(("amqp", "amqps"), "amqp://user:password@host:port/vhost")
+# aiormq reads TLS files and the login mechanism from the URL's query; Runlet has keys for them
+_AMQP_TAKEN = (
+    ("cafile", "broker.ca_file"),
+    ("capath", "broker.ca_file"),
+    ("cadata", "broker.ca_file"),
+    ("certfile", "broker.cert_file"),
+    ("keyfile", "broker.key_file"),
+    ("no_verify_ssl", "broker.verify"),
+    ("auth", "broker.login"),
+)
+AMQP_URL_CHECK = Url(("amqp", "amqps"), "amqp://user:password@host:port/vhost", taken=_AMQP_TAKEN)
 HTTP_URL_CHECK = Url(("http", "https"), "https://host:port", endpoint=True)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runlet.config.checks import Invalid, Shape, expand, label, type_name
+from runlet.config.checks import Conflict, Invalid, Shape, expand, label, type_name
 from runlet.config.schema import SECTIONS, TOP_KEYS, Config
 from runlet.config.setting import Key
 from runlet.errors import ConfigError
@@ -223,7 +223,11 @@ def _toml_value(text: str) -> object | None:
 def _build(table: Mapping[str, Any], base_dir: Path, origins: _Origins) -> Config:
     top = _convert_table(TOP_KEYS, table, base_dir, origins)
     sections: dict[str, Any] = {
-        name: section.cls(**_convert_table(section.keys, table.get(name, {}), base_dir, origins))
+        name: _section(
+            section.cls,
+            _convert_table(section.keys, table.get(name, {}), base_dir, origins),
+            origins,
+        )
         if name in table or not section.optional
         else None
         for name, section in SECTIONS.items()
@@ -238,6 +242,14 @@ def _build(table: Mapping[str, Any], base_dir: Path, origins: _Origins) -> Confi
         )
         raise ConfigError("crypto.key_file", problem, source=origins.file)
     return Config(**top, **sections, source=origins.file)
+
+
+def _section(cls: type[Any], values: dict[str, Any], origins: _Origins) -> Any:
+    """A section's object; keys that do not go together (its `Conflict`) name the one to fix."""
+    try:
+        return cls(**values)
+    except Conflict as exc:
+        raise ConfigError(exc.key, exc.problem, source=origins.of(exc.key)) from None
 
 
 def _convert_table(

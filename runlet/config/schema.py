@@ -17,9 +17,11 @@ import sys
 from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
+from urllib.parse import SplitResult, urlsplit
 
 from runlet.config.checks import (
     AMQP_URL_CHECK,
+    HOST_NAME_CHECK,
     HTTP_URL_CHECK,
     NAME,
     NAME_CHECK,
@@ -27,6 +29,7 @@ from runlet.config.checks import (
     Bool,
     Bucket,
     Choice,
+    Conflict,
     HostPort,
     Int,
     Invalid,
@@ -49,14 +52,58 @@ _SECONDS = Positive(3600)
 
 @schema
 class BrokerConfig:
-    """How to reach RabbitMQ: section ``[broker]``."""
+    """How to reach RabbitMQ: section ``[broker]`` (the password by file, TLS files by path).
+
+    The keys must agree (`_check_broker`): TLS keys need amqps:// URLs, all of them; a
+    password file needs URLs that name a user and hold no password; a certificate login
+    needs a client certificate and no password at all.
+    """
 
     urls: tuple[str, ...] = setting(
         ListOf(AMQP_URL_CHECK, non_empty=True),
-        "RabbitMQ nodes, tried in order; several for a cluster (failover)",
+        "RabbitMQ nodes, tried in order; several for a cluster (failover); all amqp:// or all"
+        " amqps://",
         default=(DEFAULT_BROKER_URL,),
         masked=True,
         repr=False,  # a URL may carry the broker password, and configs end up in logs
+    )
+    password_file: Path | None = setting(
+        PathValue(),
+        "file holding the password of the user the URLs name (amqps://USER@host/), mode 600;"
+        " unset: the URL's own password",
+        default=None,
+    )
+    ca_file: Path | None = setting(
+        PathValue(),
+        "PEM CA certificates the broker's certificate must chain to (amqps://); unset: the"
+        " system's trusted CAs",
+        default=None,
+    )
+    cert_file: Path | None = setting(
+        PathValue(),
+        "PEM client certificate this process shows the broker (amqps://), with key_file",
+        default=None,
+    )
+    key_file: Path | None = setting(
+        PathValue(), "cert_file's private key, unencrypted PEM, mode 600", default=None
+    )
+    server_name: str | None = setting(
+        HOST_NAME_CHECK,
+        "host name the broker's certificate must be valid for (and TLS SNI); unset: each"
+        " URL's host",
+        default=None,
+    )
+    verify: bool = setting(
+        Bool(),
+        "check the broker's certificate and host name (amqps://); false is for tests only and"
+        " logs a warning at every start",
+        default=True,
+    )
+    login: str = setting(
+        Choice(("password", "certificate")),
+        "certificate: log in as cert_file's common name (SASL EXTERNAL, RabbitMQ plugin"
+        " rabbitmq_auth_mechanism_ssl), no password",
+        default="password",
     )
     heartbeat: int = setting(Int(1, 600), "AMQP heartbeat, seconds", default=10)
     publish_timeout: float = setting(
@@ -66,6 +113,77 @@ class BrokerConfig:
     presence_seconds: float = setting(
         _SECONDS, "seconds between a daemon's heartbeats to the server", default=10.0
     )
+
+    def __post_init__(self) -> None:
+        _check_broker(self)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the URLs are amqps:// (they are all one or the other)."""
+        return self.urls[0].lower().startswith("amqps:")
+
+
+def _check_broker(broker: BrokerConfig) -> None:
+    """Raise `Conflict` on the first keys of `broker` that do not go together."""
+    parts = [urlsplit(url) for url in broker.urls]
+    _check_schemes([part.scheme for part in parts])
+    if (broker.cert_file is None) != (broker.key_file is None):
+        missing, given = (
+            ("key_file", "cert_file") if broker.key_file is None else ("cert_file", "key_file")
+        )
+        raise Conflict(f"broker.{missing}", f"is required with broker.{given}")
+    if parts[0].scheme != "amqps":
+        _check_no_tls_keys(broker)
+    if broker.login == "certificate":
+        if broker.cert_file is None:
+            raise Conflict("broker.cert_file", 'is required with broker.login = "certificate"')
+        if broker.password_file is not None:
+            raise Conflict(
+                "broker.password_file",
+                'must be unset with broker.login = "certificate": the certificate is the login',
+            )
+    _check_logins(broker, parts)
+
+
+def _check_schemes(schemes: list[str]) -> None:
+    if len(set(schemes)) > 1:
+        odd = next(index for index, scheme in enumerate(schemes) if scheme != schemes[0])
+        raise Conflict(
+            f"broker.urls[{odd}]",
+            f"is {schemes[odd]}:// but broker.urls[0] is {schemes[0]}://: a failover must"
+            " never change whether the connection is encrypted",
+        )
+
+
+def _check_no_tls_keys(broker: BrokerConfig) -> None:
+    tls_keys = {
+        "ca_file": broker.ca_file is not None,
+        "cert_file": broker.cert_file is not None,
+        "server_name": broker.server_name is not None,
+        "verify": not broker.verify,
+        "login": broker.login == "certificate",
+    }
+    for name, is_set in tls_keys.items():
+        if is_set:
+            raise Conflict(
+                f"broker.{name}", "applies to amqps:// URLs only, and broker.urls are amqp://"
+            )
+
+
+def _check_logins(broker: BrokerConfig, parts: list[SplitResult]) -> None:
+    """No URL holds a password the file or the certificate replaces; each names its user."""
+    for index, part in enumerate(parts):
+        if part.password is not None and (broker.password_file or broker.login == "certificate"):
+            why = (
+                "broker.password_file is set" if broker.password_file else "login is by certificate"
+            )
+            raise Conflict(f"broker.urls[{index}]", f"holds a password, but {why}: remove it")
+        if broker.password_file is not None and not part.username:
+            raise Conflict(
+                f"broker.urls[{index}]",
+                "must name the broker user (amqps://USER@host/) whose password is in"
+                " broker.password_file",
+            )
 
 
 @schema
@@ -193,6 +311,25 @@ class ServerConfig:
     management_password_file: Path | None = setting(
         PathValue(), 'file holding that administrator\'s password; unset: "guest"', default=None
     )
+    public_broker_urls: tuple[str, ...] = setting(
+        ListOf(AMQP_URL_CHECK),
+        "broker URLs, without a login, that `runlet user add` writes into device configs;"
+        " unset: its --broker-url",
+        default=(),
+    )
+
+    def __post_init__(self) -> None:
+        for index, url in enumerate(self.public_broker_urls):
+            if "@" in urlsplit(url).netloc:  # never echo it: that part is a login
+                raise Conflict(
+                    f"server.public_broker_urls[{index}]",
+                    "must not hold a login: `runlet user add` puts each user's own in",
+                )
+        schemes = {urlsplit(url).scheme for url in self.public_broker_urls}
+        if len(schemes) > 1:
+            raise Conflict(
+                "server.public_broker_urls", "mixes amqp:// and amqps://: use one or the other"
+            )
 
 
 @schema

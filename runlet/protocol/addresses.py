@@ -124,6 +124,16 @@ def presence_key(node: str) -> str:
     return f"node.{node}.presence"
 
 
+def keys_key(node: str) -> str:
+    """Where a rotated fleet key for `node` is sent (`KeyGranted`)."""
+    return f"node.{node}.keys"
+
+
+def keys_queue(user: str, node: str) -> str:
+    """A node's durable queue of granted keys: one sent while it is away waits for it."""
+    return f"runlet.{user}.node.{node}.keys"
+
+
 REPLY_KEY_RE = re.compile(r"reply\.[A-Za-z0-9_-]{1,64}\.[0-9a-f]{32}")
 
 

@@ -19,7 +19,11 @@ its own, so a viewer can start reading anywhere. Random nonces are safe with XCh
 192-bit nonce, and they let a restarted writer carry on with the same job key.
 
 Key file: one line ``runlet-key-v1:<urlsafe base64 of the 32 bytes>\\n``, mode 0o600,
-written atomically.
+written atomically. After `FleetKey.rotated` (``runlet key rotate``) the key also holds the
+keys it replaced, newest first, and the line is ``runlet-keyring-v1:<current>,<older>,...``:
+everything new is sealed with the current key, and `JobKey.open` tries the current key, then
+each older one, so logs sealed before a rotation stay readable where the old keys are. Sealed
+data carries no key id: opening tries at most `MAX_RING` keys.
 
 This module must never log, print, ``repr`` or put into an exception message a key, a key
 file's contents or a plaintext. Only `FleetKey.fingerprint` (a one-way, personalised hash) is
@@ -61,6 +65,8 @@ OVERHEAD = nacl.secret.Aead.NONCE_SIZE + nacl.secret.Aead.MACBYTES  # 24 + 16 = 
 SALT_SIZE = nacl.pwhash.argon2id.SALTBYTES  # 16
 
 _KEY_PREFIX = "runlet-key-v1:"
+_RING_PREFIX = "runlet-keyring-v1:"
+MAX_RING = 16  # keys kept across rotations: the current one and 15 it replaced
 _KEY_FILE_MAX = 4096
 _AAD_PREFIX = b"runlet/1\0"
 _JOB_KEY_PERSON = b"runlet-job-key"
@@ -87,15 +93,49 @@ _NOUNS = {
 
 
 class FleetKey:
-    """The 32-byte secret shared by one user's devices."""
+    """The 32-byte secret shared by one user's devices, with the keys it replaced (if any)."""
 
-    __slots__ = ("_raw",)
+    __slots__ = ("_keys",)
 
-    def __init__(self, raw: bytes) -> None:
-        if not isinstance(raw, bytes) or len(raw) != KEY_SIZE:
-            size = len(raw) if isinstance(raw, bytes) else type(raw).__name__
-            raise CryptoError(f"a fleet key is {KEY_SIZE} bytes, got {size}")
-        self._raw = raw
+    def __init__(self, raw: bytes, older: tuple[bytes, ...] = ()) -> None:
+        for key in (raw, *older):
+            if not isinstance(key, bytes) or len(key) != KEY_SIZE:
+                size = len(key) if isinstance(key, bytes) else type(key).__name__
+                raise CryptoError(f"a fleet key is {KEY_SIZE} bytes, got {size}")
+        if len(older) >= MAX_RING:
+            raise CryptoError(f"a fleet key keeps at most {MAX_RING - 1} keys it replaced")
+        self._keys = (raw, *older)  # current first; one attribute, so `adopt` swaps at once
+
+    @property
+    def _raw(self) -> bytes:
+        return self._keys[0]
+
+    @property
+    def _older(self) -> tuple[bytes, ...]:
+        return self._keys[1:]
+
+    def adopt(self, rotation: FleetKey) -> None:
+        """Take on `rotation`, in place, for everyone holding this object (a running daemon's
+        actors): it must keep this key among its older ones, which only a holder of this key
+        can make. Job keys made before go on with the keys they were made from."""
+        if not rotation.keeps(self):
+            raise CryptoError("the new fleet key is no rotation of this one: refused")
+        self._keys = rotation._keys
+
+    def keeps(self, earlier: FleetKey) -> bool:
+        """Whether `earlier`'s current key is among the keys this one replaced."""
+        current = earlier._raw
+        found = [sodium_memcmp(current, key) for key in self._older]  # each in constant time
+        return any(found)
+
+    def rotated(self) -> FleetKey:
+        """A new random current key that keeps this one (and its older ones) for reading."""
+        return FleetKey(nacl.utils.random(KEY_SIZE), (self._raw, *self._older)[: MAX_RING - 1])
+
+    @property
+    def generations(self) -> int:
+        """How many keys this holds: 1, plus one per rotation kept."""
+        return 1 + len(self._older)
 
     @classmethod
     def generate(cls) -> FleetKey:
@@ -143,7 +183,9 @@ class FleetKey:
 
     def export_text(self) -> str:
         """The key as one line of text (no newline), for `runlet key export`. It is secret."""
-        return _KEY_PREFIX + base64.urlsafe_b64encode(self._raw).decode("ascii")
+        if not self._older:
+            return _KEY_PREFIX + _b64(self._raw)
+        return _RING_PREFIX + ",".join(_b64(key) for key in (self._raw, *self._older))
 
     @classmethod
     def import_text(cls, text: str) -> FleetKey:
@@ -151,17 +193,15 @@ class FleetKey:
         line = text.strip()
         if "\n" in line or "\r" in line:
             raise CryptoError("a runlet key is a single line, found several")
+        if line.startswith(_RING_PREFIX):
+            parts = line.removeprefix(_RING_PREFIX).split(",")
+            if not 2 <= len(parts) <= MAX_RING:
+                raise CryptoError(f"a runlet keyring holds 2 to {MAX_RING} keys, not {len(parts)}")
+            keys = [_unb64(part) for part in parts]
+            return cls(keys[0], tuple(keys[1:]))
         if not line.startswith(_KEY_PREFIX):
             raise CryptoError(f"not a runlet key: it does not start with {_KEY_PREFIX!r}")
-        encoded = line.removeprefix(_KEY_PREFIX)
-        encoded += "=" * (-len(encoded) % 4)
-        try:
-            raw = base64.b64decode(encoded.encode("ascii"), altchars=b"-_", validate=True)
-        except (binascii.Error, UnicodeEncodeError):
-            raise CryptoError("the runlet key is not valid urlsafe base64") from None
-        if len(raw) != KEY_SIZE:
-            raise CryptoError(f"the runlet key holds {len(raw)} bytes, not {KEY_SIZE}")
-        return cls(raw)
+        return cls(_unb64(line.removeprefix(_KEY_PREFIX)))
 
     def fingerprint(self) -> str:
         """16 hex characters identifying the key, safe to show and compare between devices."""
@@ -181,7 +221,11 @@ class FleetKey:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FleetKey):
             return NotImplemented
-        return sodium_memcmp(self._raw, other._raw)  # constant time
+        if len(self._older) != len(other._older):
+            return False
+        pairs = zip((self._raw, *self._older), (other._raw, *other._older), strict=True)
+        same = [sodium_memcmp(mine, theirs) for mine, theirs in pairs]  # each in constant time
+        return all(same)
 
     __hash__ = None  # type: ignore[assignment]  # a secret has no business being a dict key
 
@@ -192,21 +236,23 @@ class FleetKey:
 class JobKey:
     """Seals and opens the messages of one job; made by `FleetKey.job_key`."""
 
-    __slots__ = ("_aead", "_job", "_job_id")
+    __slots__ = ("_aead", "_job", "_job_id", "_older")
 
     def __init__(self, fleet: FleetKey, job_id: str) -> None:
         if not job_id or "\0" in job_id:
             raise ValueError("a job id must be non-empty and contain no NUL character")
         self._job_id = job_id
         self._job = job_id.encode("utf-8")
+        # the derivation is FleetKey's own business; older keys only ever open
+        keys = fleet._keys  # one read: a concurrent `adopt` cannot tear it
+        self._aead = self._derive(keys[0])
+        self._older = tuple(self._derive(key) for key in keys[1:])
+
+    def _derive(self, fleet: bytes) -> nacl.secret.Aead:
         derived = nacl.hash.blake2b(
-            self._job,
-            key=fleet._raw,  # the derivation is FleetKey's own business
-            person=_JOB_KEY_PERSON,
-            digest_size=KEY_SIZE,
-            encoder=RawEncoder,
+            self._job, key=fleet, person=_JOB_KEY_PERSON, digest_size=KEY_SIZE, encoder=RawEncoder
         )
-        self._aead = nacl.secret.Aead(derived)
+        return nacl.secret.Aead(derived)
 
     @property
     def job_id(self) -> str:
@@ -234,16 +280,18 @@ class JobKey:
                 kind=kind,
                 seq=seq,
             )
-        try:
-            return self._aead.decrypt(sealed, aad)
-        except nacl.exceptions.CryptoError:
-            raise AuthenticationFailed(
-                f"{where} did not authenticate: sealed with another fleet key, "
-                "for another job or position, or altered",
-                job_id=self._job_id,
-                kind=kind,
-                seq=seq,
-            ) from None
+        for aead in (self._aead, *self._older):  # sealed before a rotation: an older key
+            try:
+                return aead.decrypt(sealed, aad)
+            except nacl.exceptions.CryptoError:
+                continue
+        raise AuthenticationFailed(
+            f"{where} did not authenticate: sealed with another fleet key, "
+            "for another job or position, or altered",
+            job_id=self._job_id,
+            kind=kind,
+            seq=seq,
+        )
 
     def _aad(self, kind: Kind, seq: int, flags: int, sender: str) -> bytes:
         if not 0 <= seq <= _MAX_SEQ:
@@ -269,6 +317,21 @@ class JobKey:
 
     def __repr__(self) -> str:
         return f"<JobKey job={self._job_id!r}>"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def _unb64(encoded: str) -> bytes:
+    encoded += "=" * (-len(encoded) % 4)
+    try:
+        raw = base64.b64decode(encoded.encode("ascii"), altchars=b"-_", validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise CryptoError("the runlet key is not valid urlsafe base64") from None
+    if len(raw) != KEY_SIZE:
+        raise CryptoError(f"the runlet key holds {len(raw)} bytes, not {KEY_SIZE}")
+    return raw
 
 
 def _read_key_file(path: Path) -> str:

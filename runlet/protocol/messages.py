@@ -302,3 +302,24 @@ class Pong:
     def __post_init__(self) -> None:
         _name("node", self.node)
         _seq(self.seq)
+
+
+MAX_SEALED_KEY = 4096  # a sealed keyring of 16 keys is about 1 KiB of text
+
+
+@message("key_granted")
+@dataclass(frozen=True, slots=True)
+class KeyGranted:
+    """A rotated fleet key for one node, sealed to that node's own key pair
+    (`protocol.identity`): only that node can open it, and it takes it on only when it keeps
+    the node's current key among its older ones."""
+
+    node: str
+    sealed: str
+
+    def __post_init__(self) -> None:
+        _name("node", self.node)
+        if not self.sealed.startswith("runlet-sealed-key-v1:"):
+            raise ValueError("a granted key must be a sealed key (runlet-sealed-key-v1:...)")
+        if len(self.sealed) > MAX_SEALED_KEY:
+            raise ValueError(f"a sealed key is at most {MAX_SEALED_KEY} characters")

@@ -6,9 +6,12 @@ Like the daemon's root (`runlet.roots.daemon`), it is one of the only two module
 
 from __future__ import annotations
 
+from functools import partial
+
 import structlog
 
 from actors.ledger import Ledger
+from runlet.adapters.broker import Broker, BrokerSecurity
 from runlet.config import Config
 from runlet.errors import ConfigError
 from runlet.roots.role import Role, run_in_foreground
@@ -29,8 +32,11 @@ class Server(Role):
             raise ConfigError(
                 "server", "role server needs a [server] section", source=config.source
             )
+        security = BrokerSecurity.of(config.broker)  # a bad password or TLS file stops the start
         loop = LoopThread("runlet-aio-server")
-        super().__init__(config, Context(router=Router(), loop=loop, settings=config), loop)
+        services = {"broker_factory": partial(Broker, security=security)}
+        ctx = Context(router=Router(), loop=loop, settings=config, services=services)
+        super().__init__(config, ctx, loop)
 
     def start(self) -> None:
         ctx = self.ctx

@@ -13,6 +13,7 @@ GOVERNOR = "governor"
 VAULT = "vault"
 LEDGER = "ledger"
 RECONCILER = "reconciler"
+KEY_KEEPER = "key_keeper"
 SESSION_PREFIX = "pty:"
 
 

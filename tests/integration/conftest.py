@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.s3 import moto_server, private_s3_server, s3_server, storage_config  # noqa: F401
+from tests.integration.tls_broker import tls_broker  # noqa: F401 - a session fixture
 from tests.support import Fleet, broker_is_up  # noqa: F401 - autouse, fails without a broker
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from runlet.adapters.rabbitmq_admin import Account
 from runlet.config import Config, parse_config
-from runlet.errors import ConfigError, RunletError
+from runlet.errors import ConfigError, RunletError, UsageError
 from runlet.roots import admin
 
 HIDDEN = "adm1n-TOP-s3cret"
@@ -89,6 +89,68 @@ def test_device_config_never_leaks_the_admin_login(tmp_path: Path) -> None:
     text = admin.device_config(server_config(tmp_path), account())
     assert HIDDEN not in text
     assert "admin:" not in text
+
+
+def test_device_urls_prefer_the_command_line_then_the_public_ones(tmp_path: Path) -> None:
+    """--broker-url wins over server.public_broker_urls, which wins over broker.urls."""
+    public = 'public_broker_urls = ["amqps://mq.example.net:5671/", "amqps://mq2.example.net/"]'
+    config = server_config(tmp_path, url="amqp://admin@127.0.0.1:5672/", extra=public)
+    assert admin.device_urls(config) == (
+        "amqps://mq.example.net:5671/",
+        "amqps://mq2.example.net/",
+    )
+    assert admin.device_urls(config, ["amqp://10.0.0.5:5672"]) == ("amqp://10.0.0.5:5672/",)
+    assert admin.device_urls(server_config(tmp_path)) == ("amqp://mq.example.net:5672/",)
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.8.9.10", "localhost", "LOCALHOST", "mq.localhost", "[::1]"]
+)
+def test_device_urls_never_fall_back_to_a_loopback_address(tmp_path: Path, host: str) -> None:
+    """The server's own loopback URL is no address for a device: a usage error saying what
+    to pass, without the server's password."""
+    config = server_config(tmp_path, url=f"amqp://admin:{HIDDEN}@{host}:5672/")
+    with pytest.raises(UsageError, match="loopback address no device can use") as info:
+        admin.device_urls(config)
+    assert HIDDEN not in str(info.value)
+    assert "--broker-url" in str(info.value)
+
+
+def test_an_explicit_loopback_address_is_taken(tmp_path: Path) -> None:
+    """On one machine the admin may say loopback on purpose, with --broker-url."""
+    config = server_config(tmp_path, url="amqp://admin@127.0.0.1:5672/")
+    assert admin.device_urls(config, ["amqp://127.0.0.1:5672/"]) == ("amqp://127.0.0.1:5672/",)
+
+
+def test_device_config_lists_every_url_with_the_login(tmp_path: Path) -> None:
+    """A cluster's URLs all carry the new login; TLS adds a ca_file hint; it loads."""
+    urls = ("amqps://mq1.example.net:5671/", "amqps://[2001:db8::1]:5671/vhost")
+    text = admin.device_config(server_config(tmp_path), account("pw"), "edge-1", urls)
+    config = as_daemon(text)
+    assert config.broker.urls == (
+        "amqps://runlet-alice:pw@mq1.example.net:5671/",
+        "amqps://runlet-alice:pw@[2001:db8::1]:5671/vhost",
+    )
+    assert '# ca_file = "/etc/runlet/broker-ca.pem"' in text
+    assert "ca_file" not in admin.device_config(server_config(tmp_path), account())
+
+
+@pytest.mark.parametrize(
+    ("urls", "key", "text"),
+    [
+        ('["amqp://u:p@mq/"]', "server.public_broker_urls[0]", "must not hold a login"),
+        ('["amqp://a/", "amqp://u@b/"]', "server.public_broker_urls[1]", "must not hold a login"),
+        ('["amqp://a/", "amqps://b/"]', "server.public_broker_urls", "mixes amqp:// and amqps://"),
+        ('["http://a/"]', "server.public_broker_urls[0]", "must start with amqp://"),
+        ('"amqp://a/"', "server.public_broker_urls", "must be an array"),
+    ],
+)
+def test_bad_public_broker_urls(tmp_path: Path, urls: str, key: str, text: str) -> None:
+    """public_broker_urls hold addresses only, of one scheme."""
+    with pytest.raises(ConfigError) as info:
+        server_config(tmp_path, extra=f"public_broker_urls = {urls}\n")
+    assert (info.value.key, text in info.value.problem) == (key, True)
+    assert ":p@" not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -209,3 +271,53 @@ def test_unreadable_management_password_file(tmp_path: Path, kind: str) -> None:
     with pytest.raises(ConfigError) as info:
         asyncio.run(admin.add_user(config, "alice"))
     assert info.value.key == "server.management_password_file"
+
+
+# --- device accounts ---------------------------------------------------------------------------
+
+
+def test_device_user_names_cannot_collide_with_users() -> None:
+    """A device account holds a dot, which no user name may: it is nobody else's account."""
+    from runlet.adapters.rabbitmq_admin import broker_user, device_user
+
+    assert device_user("alice", "pi-1") == "runlet-alice.pi-1"
+    assert device_user("alice", "pi-1") != broker_user("alice-pi-1")
+    for bad in ("pi.1", "", "pi 1", "x" * 65):
+        with pytest.raises(ValueError, match="not a valid user name"):
+            device_user("alice", bad)
+
+
+@pytest.mark.parametrize(
+    ("key", "allowed"),
+    [
+        ("job.0123456789abcdef0123456789abcdef.state", True),
+        ("job.0123456789abcdef0123456789abcdef.output", True),
+        ("job.0123456789abcdef0123456789abcdef.log", True),
+        ("job.0123456789abcdef0123456789abcdef.pi-1.state", True),
+        ("node.pi-1.presence", True),
+        ("reply.viewer_2.0123456789abcdef0123456789abcdef", True),
+        ("dispatch.node.pi-1", False),
+        ("dispatch.any", False),
+        ("dispatch.all", False),
+        ("dispatch.tag.gpu", False),
+        ("job.0123456789abcdef0123456789abcdef.input", False),
+        ("job.0123456789abcdef0123456789abcdef.control", False),
+        ("job.0123456789abcdef0123456789abcdef.pi-2.state", False),
+        ("job.0123456789abcdef0123456789abcdef.state\n", False),
+        ("job.0123456789ABCDEF0123456789abcdef.state", False),
+        ("node.pi-2.presence", False),
+        ("node.pi-1.rpc", False),
+        ("rpc.jobs", False),
+        ("server.rpc", False),
+        ("xjob.0123456789abcdef0123456789abcdef.state", False),
+        ("node.pi-1.presence.x", False),
+    ],
+)
+def test_run_only_pattern(key: str, allowed: bool) -> None:
+    """A run-only device may publish what a daemon sends for its jobs, nothing that starts,
+    steers or asks anything (the same regex the broker applies, read here by Python's re)."""
+    import re
+
+    from runlet.adapters.rabbitmq_admin import run_only_pattern
+
+    assert (re.search(run_only_pattern("pi-1"), key) is not None) is allowed

@@ -118,7 +118,7 @@ def test_subcommand_help(
         assert word in out
 
 
-@pytest.mark.parametrize("argv", [["frobnicate"], ["Run"], ["key", "rotate"]])
+@pytest.mark.parametrize("argv", [["frobnicate"], ["Run"], ["key", "spin"]])
 def test_unknown_subcommand(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     """An unknown subcommand is a usage error from argparse (exit 2) naming the choices."""
     assert exits(argv) == 2
@@ -253,12 +253,33 @@ def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "file not found" in capsys.readouterr().err
 
 
+def test_check_config_json_shows_the_password_file_not_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With broker.password_file, --json shows its path and the TLS keys, never its content."""
+    secret = tmp_path / "broker_password"
+    secret.write_text(HIDDEN)
+    secret.chmod(0o600)
+    broker = (
+        '[broker]\nurls = ["amqps://runlet-alice@mq.example.net:5671/"]\n'
+        f'password_file = "{secret}"\nca_file = "ca.pem"\nserver_name = "mq.example.net"\n'
+    )
+    path = write_config(tmp_path, broker=broker)
+    assert main(["check-config", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert HIDDEN not in out
+    shown = json.loads(out)["broker"]
+    assert shown["password_file"] == str(secret)
+    assert (shown["ca_file"], shown["server_name"]) == (str(tmp_path / "ca.pem"), "mq.example.net")
+    assert (shown["verify"], shown["login"], shown["cert_file"]) == (True, "password", None)
+
+
 def test_check_config_json_masks_password(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--json prints the settings as JSON with each broker password masked."""
     urls = [
-        f"amqps://alice:{HIDDEN}@mq1.example.net:5671/",
+        f"amqp://alice:{HIDDEN}@mq1.example.net:5671/",
         f"amqp://bob:{HIDDEN}@mq2.example.net:5672/vhost",
         "amqp://mq3.example.net:5672/",
     ]
@@ -268,7 +289,7 @@ def test_check_config_json_masks_password(
     assert HIDDEN not in out
     settings = json.loads(out)
     assert settings["broker"]["urls"] == [
-        "amqps://alice:***@mq1.example.net:5671/",
+        "amqp://alice:***@mq1.example.net:5671/",
         "amqp://bob:***@mq2.example.net:5672/vhost",
         "amqp://mq3.example.net:5672/",
     ]
@@ -337,6 +358,75 @@ def test_key_commands(
     monkeypatch.setattr("sys.stdin", io.StringIO(exported))
     assert main(["-c", other_config, "key", "import"]) == 0
     assert FleetKey.load(other / "fleet.key") == FleetKey.load(tmp_path / "fleet.key")
+
+
+def test_fleet_key_travels_sealed_to_a_new_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """key device (new device) → key seal (old one) → key import (new one): the key arrives,
+    and the sealed line opens on that device only."""
+    config = str(write_config(tmp_path))
+    assert main(["-c", config, "key", "init"]) == 0
+    capsys.readouterr()
+    new = tmp_path / "new"
+    new.mkdir()
+    new_config = str(write_config(new))
+    assert main(["-c", new_config, "key", "device"]) == 0
+    public = capsys.readouterr().out.strip()
+    assert public.startswith("runlet-device-v1:")
+    assert main(["-c", config, "key", "seal", public]) == 0
+    sealed = capsys.readouterr().out
+    assert FleetKey.load(tmp_path / "fleet.key").export_text() not in sealed
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    stranger_config = str(write_config(stranger))
+    assert main(["-c", stranger_config, "key", "device"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO(sealed))
+    assert main(["-c", stranger_config, "key", "import"]) == 77
+    assert "sealed for another device" in capsys.readouterr().err
+    assert not (stranger / "fleet.key").exists()
+    monkeypatch.setattr("sys.stdin", io.StringIO(sealed))
+    assert main(["-c", new_config, "key", "import"]) == 0
+    assert FleetKey.load(new / "fleet.key") == FleetKey.load(tmp_path / "fleet.key")
+
+
+@pytest.mark.parametrize("public", ["", "runlet-device-v1:xx", "x" * 100_000, "runlet-key-v1:A"])
+def test_key_seal_refuses_what_is_no_public_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], public: str
+) -> None:
+    """`key seal` with anything but a device's public line exits 77 and prints no key."""
+    config = str(write_config(tmp_path))
+    assert main(["-c", config, "key", "init"]) == 0
+    capsys.readouterr()
+    assert main(["-c", config, "key", "seal", public]) == 77
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err) < 300
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "text"),
+    [
+        (["bad.node", "runlet-device-v1:" + "A" * 43], 64, "is not a valid node name"),
+        (["", "runlet-device-v1:" + "A" * 43], 64, "is not a valid node name"),
+        (["edge", ""], 77, "not a device public key"),
+        (["edge", "runlet-device-v1:" + "A" * 10], 77, "holds 7 bytes"),
+        (["edge", "x" * 100_000], 77, "over 4096"),
+    ],
+)
+def test_key_grant_refuses_bad_input_before_any_connection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], status: int, text: str
+) -> None:
+    """A bad node name or public key line is refused before the broker is contacted (the
+    config's broker is a closed port: a connection attempt would fail with 69)."""
+    config = str(write_config(tmp_path, broker='[broker]\nurls = ["amqp://127.0.0.1:9/"]'))
+    assert main(["-c", config, "key", "init"]) == 0
+    capsys.readouterr()
+    assert main(["-c", config, "key", "grant", *argv]) == status
+    err = capsys.readouterr().err
+    assert text in err
+    assert len(err) < 400
 
 
 def test_key_init_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

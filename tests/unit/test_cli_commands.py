@@ -413,10 +413,144 @@ def test_user_add_prints_device_config(
 
     monkeypatch.setattr("runlet.roots.admin.add_user", add_user)
     config = str(write_config(tmp_path, role="server", sections="[server]\n"))
-    assert main(["-c", config, "user", "add", "bob", "--node", "edge-3", "--rotate"]) == 0
+    argv = ["user", "add", "bob", "--node", "edge-3", "--rotate"]
+    assert main(["-c", config, *argv, "--broker-url", "amqps://mq.example.net/"]) == 0
     out = capsys.readouterr().out
     assert 'user = "bob"\nnode = "edge-3"\n' in out
-    assert "runlet-bob:pw-rotated@" in out
+    assert '"amqps://runlet-bob:pw-rotated@mq.example.net/"' in out
+    assert "runlet:" not in capsys.readouterr().err
+
+
+def test_user_add_warns_when_it_falls_back_to_the_servers_own_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --broker-url or public_broker_urls, the server's own (non-loopback) address
+    is written, with a warning on stderr that devices may need another one."""
+
+    async def add_user(config: Any, name: str, *, rotate: bool = False) -> Account:
+        return Account(name, f"runlet-{name}", "pw")
+
+    monkeypatch.setattr("runlet.roots.admin.add_user", add_user)
+    path = tmp_path / "server.toml"
+    path.write_text(
+        'role = "server"\nuser = "admin"\nnode = "s"\n'
+        '[broker]\nurls = ["amqp://runlet-server@rabbitmq:5672/"]\n[server]\n'
+    )
+    assert main(["-c", str(path), "user", "add", "bob"]) == 0
+    captured = capsys.readouterr()
+    assert '"amqp://runlet-bob:pw@rabbitmq:5672/"' in captured.out
+    assert "pass --broker-url or set server.public_broker_urls" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("extra", "text"),
+    [
+        ([], "the server reaches the broker at amqp://guest:***@127.0.0.1:5672/, a loopback"),
+        (["--broker-url", "http://mq/"], "--broker-url #1 must start with amqp:// or amqps://"),
+        (["--broker-url", "amqp://mq/", "--broker-url", "amqp:// x"], "#2 must not contain"),
+        (["--broker-url", "amqp://u:s3cr3t@mq/"], "#1 must not hold a login"),
+        (["--broker-url", "amqp://a/", "--broker-url", "amqps://b/"], "mix amqp:// and amqps://"),
+        (["--broker-url", "amqp://mq/?auth=external"], "use broker.login"),
+        (["--broker-url", "amqp://" + "m" * 100_000 + " "], "#1 must not contain spaces"),
+        (["--broker-url", ""], "--broker-url #1 must not be empty"),
+    ],
+)
+def test_user_add_refuses_a_broker_address_first(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+    text: str,
+) -> None:
+    """No usable device address (only the server's loopback, or a bad --broker-url): a usage
+    error before any account is made, never echoing a login."""
+    created: list[str] = []
+
+    async def add_user(config: Any, name: str, *, rotate: bool = False) -> Account:
+        created.append(name)
+        return Account(name, f"runlet-{name}", "pw")
+
+    monkeypatch.setattr("runlet.roots.admin.add_user", add_user)
+    config = str(write_config(tmp_path, role="server", sections="[server]\n"))
+    assert main(["-c", config, "user", "add", "bob", *extra]) == 64
+    err = capsys.readouterr().err
+    assert text in err
+    assert "s3cr3t" not in err
+    assert len(err) < 400
+    assert created == []
+
+
+# --- device ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["device", "add", "bob", "pi"], ["device", "list", "bob"], ["device", "revoke", "bob", "pi"]],
+)
+def test_device_commands_need_server_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """Every device command needs the server's config, like the user commands."""
+    config = str(write_config(tmp_path))
+    assert main(["-c", config, *argv]) == 78
+    assert "`runlet user` needs the server's config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name", ["bad.name", "", "pi 1", "pi\n", "x" * 65, "y" * 100_000, "$(reboot)", "ü"]
+)
+@pytest.mark.parametrize("where", ["user", "node"])
+def test_device_bad_names_are_refused_first(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    where: str,
+) -> None:
+    """A bad user or node name is a usage error before any account is made or revoked."""
+    touched: list[str] = []
+
+    async def add_device(*args: Any, **kwargs: Any) -> Account:
+        touched.append("add")
+        return Account("bob", "runlet-bob.pi", "pw")
+
+    async def revoke_device(*args: Any) -> bool:
+        touched.append("revoke")
+        return True
+
+    monkeypatch.setattr("runlet.roots.admin.add_device", add_device)
+    monkeypatch.setattr("runlet.roots.admin.revoke_device", revoke_device)
+    config = str(write_config(tmp_path, role="server", sections="[server]\n"))
+    user, node = (name, "pi") if where == "user" else ("bob", name)
+    for action in ("add", "revoke"):
+        argv = ["-c", config, "device", action, user, node, "--broker-url", "amqp://mq/"]
+        assert main(argv if action == "add" else argv[:-2]) == 64
+        err = capsys.readouterr().err
+        assert "is not a valid name" in err
+        assert len(err) < 300
+    assert touched == []
+
+
+def test_device_add_prints_a_config_for_the_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`device add` passes --run-only on and prints the config with the device's own login."""
+    calls: list[tuple[str, str, bool, bool]] = []
+
+    async def add_device(
+        config: Any, user: str, node: str, *, run_only: bool = False, rotate: bool = False
+    ) -> Account:
+        calls.append((user, node, run_only, rotate))
+        return Account(user, f"runlet-{user}.{node}", "pw-dev")
+
+    monkeypatch.setattr("runlet.roots.admin.add_device", add_device)
+    config = str(write_config(tmp_path, role="server", sections="[server]\n"))
+    argv = ["device", "add", "bob", "pi-1", "--run-only", "--broker-url", "amqps://mq/"]
+    assert main(["-c", config, *argv]) == 0
+    out = capsys.readouterr().out
+    assert calls == [("bob", "pi-1", True, False)]
+    assert 'user = "bob"\nnode = "pi-1"\n' in out
+    assert '"amqps://runlet-bob.pi-1:pw-dev@mq/"' in out
 
 
 # --- start -------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ data_dir = "/srv/runlet"
 tags = ["gpu", "arm-64"]
 
 [broker]
-urls = ["amqps://u:p@mq1.example.net:5671/prod", "amqp://mq2"]
+urls = ["amqps://u:p@mq1.example.net:5671/prod", "amqps://u:p@mq2"]
 heartbeat = 30
 publish_timeout = 2.5
 prefetch = 128
@@ -131,7 +131,7 @@ def test_full_file_sets_every_key() -> None:
     assert config.data_dir == Path("/srv/runlet")
     assert config.tags == ("gpu", "arm-64")
     assert config.broker == BrokerConfig(
-        urls=("amqps://u:p@mq1.example.net:5671/prod", "amqp://mq2"),
+        urls=("amqps://u:p@mq1.example.net:5671/prod", "amqps://u:p@mq2"),
         heartbeat=30,
         publish_timeout=2.5,
         prefetch=128,
@@ -299,8 +299,8 @@ def test_env_float_and_int_for_float() -> None:
 
 def test_env_toml_list() -> None:
     """A TOML array in RUNLET_BROKER__URLS replaces the URL list."""
-    env = {"RUNLET_BROKER__URLS": '["amqp://a/", "amqps://b:5671/"]'}
-    assert parse(MINIMAL, env).broker.urls == ("amqp://a/", "amqps://b:5671/")
+    env = {"RUNLET_BROKER__URLS": '["amqp://a/", "amqp://b:5671/"]'}
+    assert parse(MINIMAL, env).broker.urls == ("amqp://a/", "amqp://b:5671/")
 
 
 def test_env_comma_list() -> None:

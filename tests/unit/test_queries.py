@@ -368,7 +368,7 @@ class FakeServer:
     delivered: list[FakeIncoming] = field(default_factory=list)
     closed: bool = False
 
-    def __call__(self, urls: Sequence[str], user: str, *, name: str) -> FakeBroker:
+    def __call__(self, urls: Sequence[str], user: str, *, name: str, **_: Any) -> FakeBroker:
         return FakeBroker(self)
 
 

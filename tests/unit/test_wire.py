@@ -34,6 +34,7 @@ TYPICAL: list[object] = [
     m.LogStored(JOB, "edge-2", f"alice/edge-2/{JOB}.rlog", "ab" * 32),
     m.Ping(1, 1_700_000_003.0),
     m.Pong("edge-2", 1, 1_700_000_003.0),
+    m.KeyGranted("edge-2", "runlet-sealed-key-v1:" + "A" * 120),
 ]
 
 EDGE: list[object] = [
@@ -76,6 +77,8 @@ EDGE: list[object] = [
     m.LogStored(CHILD, "n", "x.rlog", "0" * 64),
     m.Ping(2**63 - 1, 0.0),
     m.Pong("n", 0, -1.0),
+    m.KeyGranted("n", "runlet-sealed-key-v1:"),
+    m.KeyGranted("n" * 64, "runlet-sealed-key-v1:" + "-" * (m.MAX_SEALED_KEY - 21)),
 ]
 
 ALL = TYPICAL + EDGE
@@ -553,7 +556,13 @@ def test_invalid_job_id(cls: type[Any], job_id: str) -> None:
 
 def test_every_message_but_presence_queries_and_pings_has_a_job_id() -> None:
     """The job-id checks above reach every message class that carries a job."""
-    assert set(wire._TAGS) - set(_WITH_JOB_ID) == {m.NodeHeartbeat, m.QueryAnswered, m.Ping, m.Pong}
+    assert set(wire._TAGS) - set(_WITH_JOB_ID) == {
+        m.NodeHeartbeat,
+        m.QueryAnswered,
+        m.Ping,
+        m.Pong,
+        m.KeyGranted,
+    }
 
 
 _NAME_FIELDS = [
@@ -564,6 +573,7 @@ _NAME_FIELDS = [
     (m.ControlSent, "viewer"),
     (m.ReplayFinished, "node"),
     (m.NodeHeartbeat, "node"),
+    (m.KeyGranted, "node"),
 ]
 
 

@@ -12,9 +12,11 @@ Runs on the asyncio loop only. What it guarantees, and why:
   order, written at once: a quorum queue costs tens of milliseconds a message, this about one.
 - An unroutable mandatory publish raises `NoSuchTarget`: that is how a client learns at once
   that no node serves a target.
+- **Who it talks to and as whom** is `BrokerSecurity` (`security.py`): TLS context, password
+  from its file, the login mechanism; a failed attempt is told in its words (`explain`).
 
-aio-pika and aiormq exceptions never leave this module: they become `BrokerUnavailable` or
-`NoSuchTarget`.
+aio-pika and aiormq exceptions never leave this module: they become `BrokerUnavailable`,
+`NoSuchTarget`, or `AccessRefused` (a publish this account may not make: never retried).
 """
 
 from __future__ import annotations
@@ -40,13 +42,14 @@ from aio_pika.abc import (
 
 from runlet import metrics
 from runlet.adapters.broker.delivery import BROKER_ERRORS, AmqpIncoming
+from runlet.adapters.broker.security import BrokerSecurity
 from runlet.adapters.broker_port import (
     Handler,
     QueueSpec,
     Statistics,
     safe_url,
 )
-from runlet.errors import BrokerUnavailable, ClosedError, NoSuchTarget
+from runlet.errors import AccessRefused, BrokerUnavailable, ClosedError, NoSuchTarget
 from runlet.protocol import addresses
 
 log = structlog.get_logger(__name__)
@@ -81,6 +84,7 @@ class Broker:
         publish_timeout: float = 10.0,
         prefetch: int = 64,
         connect_timeout: float = 5.0,
+        security: BrokerSecurity | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one broker URL is needed")
@@ -91,6 +95,7 @@ class Broker:
         self.publish_timeout = publish_timeout
         self.prefetch = prefetch
         self.connect_timeout = connect_timeout
+        self.security = security if security is not None else BrokerSecurity()
         self.generation = 0
         self.stats = Statistics()
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
@@ -118,19 +123,29 @@ class Broker:
             raise ClosedError("broker adapter is closed")
         deadline = None if wait is None else time.monotonic() + wait
         last: BaseException | None = None
+        said = ""
         while True:
             for _ in self.urls:
+                url = self.urls[next(self._url_cycle)]
                 try:
-                    await self._open(self.urls[next(self._url_cycle)])
+                    await self._open(url)
                 except BROKER_ERRORS as exc:
-                    last = exc
+                    last, why = exc, self.security.explain(exc)
+                    if why != said and deadline is not None:  # a waiting daemon says why, once
+                        log.warning(
+                            "broker_connect_failed",
+                            connection=self.name,
+                            url=safe_url(url),
+                            error=why,
+                        )
+                        said = why
                     continue
                 self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
                 return
             if deadline is None or time.monotonic() >= deadline:
-                raise BrokerUnavailable(
-                    f"cannot reach RabbitMQ at {', '.join(safe_url(u) for u in self.urls)}: {last}"
-                ) from last
+                where = ", ".join(safe_url(u) for u in self.urls)
+                why = "" if last is None else self.security.explain(last)
+                raise BrokerUnavailable(f"cannot reach RabbitMQ at {where}: {why}") from last
             await asyncio.sleep(0.5)
 
     async def close(self) -> None:
@@ -159,16 +174,10 @@ class Broker:
             raise ClosedError("broker adapter is closed")
 
     async def _open(self, url: str) -> None:
-        # made here rather than by aio_pika.connect, so that a handshake that fails half-way
-        # is closed on this loop: left to the garbage collector, aio-pika's __del__ makes a
-        # close() coroutine that, outside the loop thread, is never awaited
-        conn = aio_pika.Connection(
-            aio_pika.connection.make_url(url),
-            heartbeat=self.heartbeat,
-            client_properties={"connection_name": self.name},
+        conn = await self.security.dial(
+            url, timeout=self.connect_timeout, heartbeat=self.heartbeat, name=self.name
         )
         try:
-            await conn.connect(timeout=self.connect_timeout)
             durable = await conn.channel(publisher_confirms=True, on_return_raises=True)
             fast = await conn.channel(publisher_confirms=False)
             await durable.set_qos(prefetch_count=self.prefetch)
@@ -226,7 +235,8 @@ class Broker:
             try:
                 await self._open(url)
             except BROKER_ERRORS as exc:
-                log.warning("broker_reconnect_failed", url=safe_url(url), error=str(exc))
+                error = self.security.explain(exc)
+                log.warning("broker_reconnect_failed", url=safe_url(url), error=error)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
                 continue
@@ -410,6 +420,8 @@ class Broker:
                     properties=properties,
                     mandatory=mandatory,
                 )
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise AccessRefused(routing_key, _reply_text(exc)) from exc
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"publish to {routing_key} failed: {exc}") from exc
 
@@ -450,6 +462,8 @@ class Broker:
             except aio_pika.exceptions.PublishError as exc:
                 self.stats.returned += 1
                 raise NoSuchTarget(routing_key) from exc
+            except aiormq.exceptions.ChannelAccessRefused as exc:
+                raise AccessRefused(routing_key, _reply_text(exc)) from exc
             except BROKER_ERRORS as exc:
                 self.stats.publish_retries += 1
                 metrics.PUBLISH_RETRIES.inc()
@@ -477,3 +491,9 @@ class Broker:
             return await coro
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+def _reply_text(exc: BaseException) -> str:
+    """The broker's words in a channel error (ACCESS_REFUSED - ...), not the library's."""
+    text = str(exc.args[0]) if exc.args else str(exc)
+    return text.split(". For details")[0]
