@@ -18,6 +18,7 @@ RunletError
 ├── ClosedError            used after we closed it
 └── ServiceError           an outside service failed: the only kind that is retried (exit 69)
     ├── BrokerUnavailable
+    │   └── BrokerLoginRefused   the broker answered but refused the account (which one)
     ├── DatabaseUnavailable
     ├── BlobStoreUnavailable
     └── ServerUnavailable  no Runlet server answers this user's questions
@@ -183,6 +184,15 @@ class ServiceError(RunletError):
 
 class BrokerUnavailable(ServiceError):
     """RabbitMQ could not be reached or refused the operation."""
+
+
+class BrokerLoginRefused(BrokerUnavailable):
+    """RabbitMQ answered but refused the login; `account` and `url` (password masked) say whose."""
+
+    def __init__(self, message: str, *, account: str, url: str) -> None:
+        self.account = account
+        self.url = url
+        super().__init__(message)
 
 
 class DatabaseUnavailable(ServiceError):

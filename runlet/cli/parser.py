@@ -29,6 +29,7 @@ from runlet.cli.commands import (
     positive,
     seconds,
 )
+from runlet.cli.setup_commands import add_setup_commands
 
 EPILOG = """\
 config: -c/--config FILE, else $RUNLET_CONFIG, else $XDG_CONFIG_HOME/runlet/config.toml
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"runlet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    add_setup_commands(sub)
 
     start = sub.add_parser("start", help="run this device's daemon in the foreground")
     start.set_defaults(func=cmd_start)

@@ -40,7 +40,7 @@ from aio_pika.abc import (
 )
 
 from runlet import metrics
-from runlet.adapters.broker.delivery import BROKER_ERRORS, AmqpIncoming
+from runlet.adapters.broker.delivery import BROKER_ERRORS, AmqpIncoming, connect_failure
 from runlet.adapters.broker_port import (
     Handler,
     QueueSpec,
@@ -115,21 +115,23 @@ class Broker:
         """
         if self._closed:
             raise ClosedError("broker adapter is closed")
-        deadline = None if wait is None else time.monotonic() + wait
+        started = time.monotonic()
+        deadline = None if wait is None else started + wait
         last: BaseException | None = None
+        url = self.urls[0]
         while True:
             for _ in self.urls:
+                url = self.urls[next(self._url_cycle)]
                 try:
-                    await self._open(self.urls[next(self._url_cycle)])
+                    await self._open(url)
                 except BROKER_ERRORS as exc:
                     last = exc
                     continue
                 self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
                 return
             if deadline is None or time.monotonic() >= deadline:
-                raise BrokerUnavailable(
-                    f"cannot reach RabbitMQ at {', '.join(safe_url(u) for u in self.urls)}: {last}"
-                ) from last
+                waited = time.monotonic() - started
+                raise connect_failure(self.urls, url, last, waited) from last
             await asyncio.sleep(0.5)
 
     async def close(self) -> None:

@@ -1,0 +1,113 @@
+"""The first-run commands: `runlet init`, `doctor`, `pair` and `completion`, with their parsers.
+
+Kept apart from `commands` and `parser` so that these commands can grow without the rest of
+the command line changing: `parser.build_parser` calls `add_setup_commands` once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from runlet.errors import UsageError
+
+
+def add_setup_commands(sub: Any) -> None:
+    """Add `init` to the subcommands `sub` of the `runlet` parser."""
+    init = sub.add_parser(
+        "init",
+        help="set this device up: config in its default place, fleet key, broker check",
+        description="Write this device's config to ~/.config/runlet/config.toml (or, with "
+        "--system, /etc/runlet/runlet.toml), make the fleet key beside it, and check that the "
+        "broker answers. On a terminal, what is not given is asked for.",
+    )
+    init.add_argument("--broker", metavar="URL", help="amqp(s)://user:password@host[:port]/")
+    init.add_argument("--user", metavar="NAME", help="whose fleet this device belongs to")
+    init.add_argument("--node", metavar="NAME", help="this device's name (default: host name)")
+    init.add_argument(
+        "--join",
+        action="store_true",
+        help="make no fleet key: this device gets it from another with `runlet pair`",
+    )
+    init.add_argument(
+        "--system", action="store_true", help="write /etc/runlet/runlet.toml (a service install)"
+    )
+    init.add_argument("--force", action="store_true", help="replace an existing config")
+    init.add_argument("--json", action="store_true", help="print what was done as JSON")
+    init.set_defaults(func=cmd_init)
+
+
+def _ask_missing(args: argparse.Namespace, ask: Callable[[str], str] | None) -> tuple[str, str]:
+    """--broker and --user, asked for on a terminal when not given; a UsageError otherwise."""
+    missing = [
+        flag for flag, value in (("--broker", args.broker), ("--user", args.user)) if not value
+    ]
+    if missing and ask is None:
+        raise UsageError(
+            f"give {' and '.join(missing)} (no terminal to ask on), e.g. runlet init --broker"
+            " amqps://alice:PASSWORD@rabbit.example.org/ --user alice"
+        )
+    broker = args.broker or _prompt(ask, "broker URL (amqps://user:password@host/): ")
+    user = args.user or _prompt(ask, "user: ")
+    return broker, user
+
+
+def _prompt(ask: Callable[[str], str] | None, question: str) -> str:
+    assert ask is not None
+    answer = ask(question).strip()
+    if not answer:
+        raise UsageError(f"no answer to {question.rstrip(': ')!r}")
+    return answer
+
+
+def _terminal_ask() -> Callable[[str], str] | None:
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+
+    def ask(question: str) -> str:
+        print(question, end="", file=sys.stderr, flush=True)
+        return sys.stdin.readline(4096)
+
+    return ask
+
+
+def _quiet_logging() -> None:
+    """Only our own errors on stderr: the broker library's connection attempts stay silent."""
+    import logging
+
+    from runlet.logging import configure
+
+    configure("error", "auto")
+    for name in ("aiormq", "aio_pika"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from runlet.client.device_setup import InitRequest, init_device, next_steps
+
+    _quiet_logging()
+    broker, user = _ask_missing(args, _terminal_ask())
+    request = InitRequest(broker, user, args.node, args.join, args.system, args.force)
+    done = asyncio.run(init_device(request, os.environ))
+    steps = next_steps(done, broker, user)
+    if args.json:
+        print(json.dumps({**done.as_dict(), "next": steps}, indent=2))
+        return 0
+    print(f"wrote {done.path} (user {done.config.user}, node {done.config.node})")
+    match done.key:
+        case "created":
+            print(f"made the fleet key {done.fingerprint} at {done.key_file}")
+        case "kept":
+            print(f"kept the fleet key {done.fingerprint} already at {done.key_file}")
+        case _:
+            print(f"no fleet key yet: `runlet pair` brings it to {done.key_file}")
+    print(f"the broker answered at {done.broker} in {done.broker_seconds:.2f} s")
+    print("next:")
+    for step in steps:
+        print(f"  {step}")
+    return 0
