@@ -1,7 +1,8 @@
 """`runlet jobs`, `job` and `nodes`: questions for the server, answered over the broker.
 
 Output is aligned for people, or JSON (`--json`) for scripts. The server answers through the
-user's own exchange; no server running means the question bounces at once (exit 69).
+user's own exchange; no server running, or none that knows the user, means the question
+bounces at once (exit 69), and the message says which of the two and what to run.
 """
 
 from __future__ import annotations
@@ -73,9 +74,8 @@ async def ask(config: Config, query: Query) -> list[dict[str, Any]]:
                 reply_to=reply,
             )
         except NoSuchTarget:
-            raise ServerUnavailable(
-                f"no Runlet server is running for user {config.user!r}"
-            ) from None
+            known = await broker.queue_info(addresses.ledger_queue(config.user)) is not None
+            raise ServerUnavailable(no_server(config.user, known=known)) from None
         try:
             body = await asyncio.wait_for(answers.get(), ANSWER_SECONDS)
         except TimeoutError:
@@ -88,6 +88,20 @@ async def ask(config: Config, query: Query) -> list[dict[str, Any]]:
     if not answer.ok:
         raise RunletError(answer.error or "the server refused the query")
     return wire.decode_rows(answer.rows)
+
+
+def no_server(user: str, *, known: bool) -> str:
+    """Why no server answered: none runs (it knew the user: its ledger queue is there), or
+    none knows the user (no server ever made that queue)."""
+    if known:
+        return (
+            f"no Runlet server is running for user {user!r}: start it (`runlet start` with"
+            " the server's config); state changes wait in its queue meanwhile"
+        )
+    return (
+        f"no Runlet server knows user {user!r}: on the server, run `runlet user add {user}`"
+        " (and start the server if none runs)"
+    )
 
 
 def render(formatter: Callable[[Any], str], rows: Any) -> str:

@@ -177,6 +177,14 @@ class ReplayRequested:
         _seq(self.from_seq)
 
 
+@message("send_heartbeat")
+@dataclass(frozen=True, slots=True)
+class SendHeartbeat:
+    """The server, just started, asks every node for a heartbeat now (not at its next beat)."""
+
+    asked_at: float
+
+
 @message("replay_done")
 @dataclass(frozen=True, slots=True)
 class ReplayFinished:

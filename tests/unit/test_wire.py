@@ -33,6 +33,7 @@ TYPICAL: list[object] = [
     m.QueryAnswered(True, b"\x90"),
     m.LogStored(JOB, "edge-2", f"alice/edge-2/{JOB}.rlog", "ab" * 32),
     m.Ping(1, 1_700_000_003.0),
+    m.SendHeartbeat(1_700_000_004.0),
     m.Pong("edge-2", 1, 1_700_000_003.0),
 ]
 
@@ -75,6 +76,7 @@ EDGE: list[object] = [
     m.QueryAnswered(False, b"", error="e" * 1000),
     m.LogStored(CHILD, "n", "x.rlog", "0" * 64),
     m.Ping(2**63 - 1, 0.0),
+    m.SendHeartbeat(0.0),
     m.Pong("n", 0, -1.0),
 ]
 
@@ -553,7 +555,13 @@ def test_invalid_job_id(cls: type[Any], job_id: str) -> None:
 
 def test_every_message_but_presence_queries_and_pings_has_a_job_id() -> None:
     """The job-id checks above reach every message class that carries a job."""
-    assert set(wire._TAGS) - set(_WITH_JOB_ID) == {m.NodeHeartbeat, m.QueryAnswered, m.Ping, m.Pong}
+    assert set(wire._TAGS) - set(_WITH_JOB_ID) == {
+        m.NodeHeartbeat,
+        m.SendHeartbeat,
+        m.QueryAnswered,
+        m.Ping,
+        m.Pong,
+    }
 
 
 _NAME_FIELDS = [
