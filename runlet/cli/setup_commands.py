@@ -18,7 +18,7 @@ from runlet.errors import UsageError
 
 
 def add_setup_commands(sub: Any) -> None:
-    """Add `init` to the subcommands `sub` of the `runlet` parser."""
+    """Add `init` and `doctor` to the subcommands `sub` of the `runlet` parser."""
     init = sub.add_parser(
         "init",
         help="set this device up: config in its default place, fleet key, broker check",
@@ -40,6 +40,15 @@ def add_setup_commands(sub: Any) -> None:
     init.add_argument("--force", action="store_true", help="replace an existing config")
     init.add_argument("--json", action="store_true", help="print what was done as JSON")
     init.set_defaults(func=cmd_init)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check this device's setup: config, broker, key, clock, daemon, server, disk",
+        description="Each check prints one line: ok, problem (with what to do), or skipped "
+        "(with why). The exit status is 1 when any problem was found.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    doctor.set_defaults(func=cmd_doctor)
 
 
 def _ask_missing(args: argparse.Namespace, ask: Callable[[str], str] | None) -> tuple[str, str]:
@@ -111,3 +120,19 @@ def cmd_init(args: argparse.Namespace) -> int:
     for step in steps:
         print(f"  {step}")
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from runlet.client.doctor import diagnose, problems
+
+    _quiet_logging()
+    findings = asyncio.run(diagnose(args.config, os.environ))
+    if args.json:
+        found = [f.as_dict() for f in findings]
+        print(json.dumps({"problems": problems(findings), "findings": found}, indent=2))
+    else:
+        for finding in findings:
+            print(f"{finding.status:8} {finding.check:7} {finding.detail}")
+            if finding.fix:
+                print(f"{'':8} {'do:':7} {finding.fix}")
+    return 1 if problems(findings) else 0

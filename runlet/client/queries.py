@@ -74,7 +74,7 @@ async def ask(config: Config, query: Query) -> list[dict[str, Any]]:
                 reply_to=reply,
             )
         except NoSuchTarget:
-            known = await broker.queue_info(addresses.ledger_queue(config.user)) is not None
+            known = await broker.queue_info(addresses.presence_queue(config.user)) is not None
             raise ServerUnavailable(no_server(config.user, known=known)) from None
         try:
             body = await asyncio.wait_for(answers.get(), ANSWER_SECONDS)
@@ -91,8 +91,9 @@ async def ask(config: Config, query: Query) -> list[dict[str, Any]]:
 
 
 def no_server(user: str, *, known: bool) -> str:
-    """Why no server answered: none runs (it knew the user: its ledger queue is there), or
-    none knows the user (no server ever made that queue)."""
+    """Why no server answered: none runs (one knew the user: the presence queue only a
+    server declares is there; it expires a day after its server went), or none knows the
+    user (there is no such queue: daemons declare the ledger queue, never this one)."""
     if known:
         return (
             f"no Runlet server is running for user {user!r}: start it (`runlet start` with"
