@@ -6,7 +6,8 @@ RunletError
 ├── ConfigError            bad or missing setting: the program names the key and stops (exit 78)
 ├── ProtocolError          undecodable or invalid message: dead-lettered, never retried (65)
 ├── CryptoError            no key, or a bad one: never retried, always reported (exit 77)
-│   └── AuthenticationFailed   a sealed message did not open (job, kind, seq)
+│   ├── AuthenticationFailed   a sealed message did not open (job, kind, seq)
+│   └── PairingFailed          `runlet pair` did not bring the fleet key over (wrong code, …)
 ├── JobError               something about one job
 │   ├── JobNotFound        no node knows the job (exit 68)
 │   ├── NoSuchTarget       no node serves the requested target (exit 68)
@@ -93,6 +94,11 @@ class AuthenticationFailed(CryptoError):
         self.kind = kind
         self.seq = seq
         super().__init__(message)
+
+
+class PairingFailed(CryptoError):
+    """`runlet pair` ended without the fleet key moving: a wrong or expired code, no device
+    waiting, a refusal. The message says which; it never holds the code's secret words."""
 
 
 class JobError(RunletError):

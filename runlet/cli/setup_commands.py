@@ -18,7 +18,7 @@ from runlet.errors import UsageError
 
 
 def add_setup_commands(sub: Any) -> None:
-    """Add `init` and `doctor` to the subcommands `sub` of the `runlet` parser."""
+    """Add `init`, `doctor` and `pair` to the subcommands `sub` of the `runlet` parser."""
     init = sub.add_parser(
         "init",
         help="set this device up: config in its default place, fleet key, broker check",
@@ -49,6 +49,19 @@ def add_setup_commands(sub: Any) -> None:
     )
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     doctor.set_defaults(func=cmd_doctor)
+
+    pair = sub.add_parser(
+        "pair",
+        help="bring the fleet key to a new device with a short code (no SSH needed)",
+        description="On the new device (after `runlet init --join`): `runlet pair` prints a code "
+        "and waits. On a device that has the key: `runlet pair CODE` shows the new device's "
+        "name and check words, asks, and sends the key sealed under a key only the two "
+        "devices agree on (SPAKE2). A wrong code fails on both sides; after 3 failures, or 10 "
+        "minutes, the new device shows a new code.",
+    )
+    pair.add_argument("code", nargs="?", help="the code the new device shows")
+    pair.add_argument("--yes", action="store_true", help="send without asking (for scripts)")
+    pair.set_defaults(func=cmd_pair)
 
 
 def _ask_missing(args: argparse.Namespace, ask: Callable[[str], str] | None) -> tuple[str, str]:
@@ -136,3 +149,34 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             if finding.fix:
                 print(f"{'':8} {'do:':7} {finding.fix}")
     return 1 if problems(findings) else 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    from runlet.client.pairing import Board, send_key
+    from runlet.config import load_config
+    from runlet.protocol.crypto import FleetKey
+
+    ask = _terminal_ask()
+    if args.code and not args.yes and ask is None:
+        raise UsageError("no terminal to ask on: add --yes to send the key without asking")
+    _quiet_logging()
+    config = load_config(args.config)
+    if not args.code:
+        asyncio.run(Board(config, config.key_file, _say).run())
+        _say("next: runlet start   (this device can run jobs now)")
+        return 0
+    key = FleetKey.load(config.key_file)
+
+    def confirm(board: str, check: str) -> bool:
+        if args.yes:
+            return True
+        assert ask is not None
+        answer = ask(f"send the fleet key to {board} (check words {check})? [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    asyncio.run(send_key(config, key, args.code, confirm, _say))
+    return 0

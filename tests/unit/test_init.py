@@ -182,3 +182,10 @@ def test_init_system_writes_the_system_place(
     assert config.source == str(system)
     assert str(config.data_dir) == "/var/lib/runlet"
     assert config.key_file == system.parent / "fleet.key"
+
+
+def test_pair_code_off_a_terminal_needs_yes(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`runlet pair CODE` with nobody to ask and no --yes is a usage error (64), before any
+    config is read or the broker contacted."""
+    assert main(["pair", "4-river-7-cactus"]) == 64
+    assert "--yes" in capsys.readouterr().err

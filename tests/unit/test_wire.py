@@ -34,6 +34,10 @@ TYPICAL: list[object] = [
     m.LogStored(JOB, "edge-2", f"alice/edge-2/{JOB}.rlog", "ab" * 32),
     m.Ping(1, 1_700_000_003.0),
     m.SendHeartbeat(1_700_000_004.0),
+    m.PairRequested("abababababababababababababababab", "laptop", b"A" * 33),
+    m.PairAnswered("abababababababababababababababab", "pi-1", b"B" * 33, b"p" * 32),
+    m.PairConfirmed("abababababababababababababababab", b"p" * 32, b"s" * 120),
+    m.PairEnded("abababababababababababababababab", True, "", "0123456789abcdef"),
     m.Pong("edge-2", 1, 1_700_000_003.0),
 ]
 
@@ -77,6 +81,10 @@ EDGE: list[object] = [
     m.LogStored(CHILD, "n", "x.rlog", "0" * 64),
     m.Ping(2**63 - 1, 0.0),
     m.SendHeartbeat(0.0),
+    m.PairRequested("ffffffffffffffffffffffffffffffff", "n" * 64, b""),
+    m.PairAnswered("00000000000000000000000000000000", "x", b"", b""),
+    m.PairConfirmed("00000000000000000000000000000000", b""),
+    m.PairEnded("00000000000000000000000000000000", False, "r" * 200, "f" * 64),
     m.Pong("n", 0, -1.0),
 ]
 
@@ -558,6 +566,10 @@ def test_every_message_but_presence_queries_and_pings_has_a_job_id() -> None:
     assert set(wire._TAGS) - set(_WITH_JOB_ID) == {
         m.NodeHeartbeat,
         m.SendHeartbeat,
+        m.PairRequested,
+        m.PairAnswered,
+        m.PairConfirmed,
+        m.PairEnded,
         m.QueryAnswered,
         m.Ping,
         m.Pong,
