@@ -14,11 +14,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from runlet.cli.completion import SHELLS
 from runlet.errors import UsageError
 
 
 def add_setup_commands(sub: Any) -> None:
-    """Add `init`, `doctor` and `pair` to the subcommands `sub` of the `runlet` parser."""
+    """Add `init`, `doctor`, `pair` and `completion` to the subcommands `sub`."""
     init = sub.add_parser(
         "init",
         help="set this device up: config in its default place, fleet key, broker check",
@@ -62,6 +63,16 @@ def add_setup_commands(sub: Any) -> None:
     pair.add_argument("code", nargs="?", help="the code the new device shows")
     pair.add_argument("--yes", action="store_true", help="send without asking (for scripts)")
     pair.set_defaults(func=cmd_pair)
+
+    completion = sub.add_parser(
+        "completion",
+        help="print the shell completion script: bash, zsh or fish",
+        description="Completes commands, options, node names (--on, ping) and recent job ids. "
+        "bash: `source <(runlet completion bash)` in ~/.bashrc; zsh: the same in ~/.zshrc; "
+        "fish: `runlet completion fish | source` in config.fish.",
+    )
+    completion.add_argument("shell", choices=SHELLS)
+    completion.set_defaults(func=cmd_completion)
 
 
 def _ask_missing(args: argparse.Namespace, ask: Callable[[str], str] | None) -> tuple[str, str]:
@@ -179,4 +190,11 @@ def cmd_pair(args: argparse.Namespace) -> int:
         return answer.strip().lower() in ("y", "yes")
 
     asyncio.run(send_key(config, key, args.code, confirm, _say))
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from runlet.cli.completion import shell_code
+
+    print(shell_code(args.shell))
     return 0

@@ -183,6 +183,7 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "msgpack": ("runlet.protocol",),
     "nacl": ("runlet.protocol",),
     "spake2": ("runlet.protocol",),
+    "argcomplete": ("runlet.cli",),
 }
 
 
