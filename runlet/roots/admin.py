@@ -94,8 +94,11 @@ def device_config(config: Config, account: Account, node: str = "CHANGE-ME") -> 
     user, secret = quote(account.broker_user, safe=""), quote(account.password, safe="")
     url = f"{parts.scheme}://{user}:{secret}@{hostport}/"
     return (
-        f"# Runlet config for user {account.name!r}: copy to each device, set node, then\n"
-        "# `runlet -c THIS key init` on one device and `key export | key import` to the others.\n"
+        f"# Runlet config for user {account.name!r}. Simplest, on the first device:\n"
+        f"#   runlet init --broker '{url}' --user {account.name}\n"
+        "# and on each other one the same with --join, then `runlet pair` (README: Add a device).\n"
+        "# Or copy this file to each device, set node, `runlet -c THIS key init` on one device\n"
+        "# and `key export | key import` to the others.\n"
         '# The broker password below is a secret: keep this file mode 600.\nrole = "daemon"\n'
         f'user = "{account.name}"\nnode = "{node}"\ndata_dir = "/var/lib/runlet"\n\n'
         f'[broker]\nurls = ["{url}"]\n\n[crypto]\nkey_file = "/etc/runlet/fleet.key"\n'
