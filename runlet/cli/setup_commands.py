@@ -170,7 +170,13 @@ def cmd_pair(args: argparse.Namespace) -> int:
     from runlet.client.pairing import Board, send_key
     from runlet.config import load_config
     from runlet.protocol.crypto import FleetKey
+    from runlet.protocol.pairing import PairingCode
 
+    if args.code:
+        try:
+            PairingCode.parse(args.code)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     ask = _terminal_ask()
     if args.code and not args.yes and ask is None:
         raise UsageError("no terminal to ask on: add --yes to send the key without asking")

@@ -189,3 +189,12 @@ def test_pair_code_off_a_terminal_needs_yes(home: Path, capsys: pytest.CaptureFi
     config is read or the broker contacted."""
     assert main(["pair", "4-river-7-cactus"]) == 64
     assert "--yes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("code", ["4", "river-7-cactus", "4-river-7-cactus;rm", "x" * 10_000])
+def test_pair_a_malformed_code_is_a_usage_error(
+    home: Path, capsys: pytest.CaptureFixture[str], code: str
+) -> None:
+    """A code that is not N-word-N-word stops at once with its shape (64), --yes or not."""
+    assert main(["pair", code, "--yes"]) == 64
+    assert "4-river-7-cactus" in capsys.readouterr().err
