@@ -7,7 +7,8 @@ one answers: AMQP carries no time), this node's daemon (a ping through the broke
 (a `nodes` question), and the free disk space where `data_dir` lives. Each finding is ok, a
 problem with what to do, or skipped with why (a check that needs the broker when it is away).
 
-Nothing here changes anything; it only looks.
+It changes nothing: the only thing it declares on the broker is what every client connection
+declares (the user's exchange and dead-letter queue), and it writes no file.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from runlet.client.pairing import Board, send_key
 from runlet.errors import PairingFailed
 from runlet.protocol.crypto import FleetKey
 from runlet.protocol.pairing import PairingCode
+from tests.integration.test_accounts import Accounts, amqp_url
+from tests.integration.test_accounts import accounts as accounts  # noqa: PLC0414 - a fixture
 from tests.support import BROKER_URL, EVENT_SECONDS, Fleet, run
 from tests.unit.fakes import FakeClock
 
@@ -212,3 +214,28 @@ def test_a_malformed_code_is_refused_before_anything_is_sent(fleet: Fleet, text:
     with pytest.raises(PairingFailed, match=r"4-river-7-cactus|pairing code"):
         run(send_key(fleet.client_config("laptop"), fleet.key, text, yes, Said()))
     assert PairingCode.parse(" 4-River-7-Cactus ") == PairingCode(4, "river", 7, "cactus")
+
+
+def test_pairing_works_within_a_users_own_broker_permissions(
+    tmp_path: Path, accounts: Accounts
+) -> None:
+    """With the broker account `runlet user add` makes (its own names only), both sides'
+    queues and keys are allowed: the pairing goes through."""
+    account = accounts.create()
+    fleet = Fleet(tmp_path, account.name)
+    urls = (amqp_url(account),)
+    said = Said()
+    board_key = tmp_path / "board" / "fleet.key"
+
+    async def scenario() -> FleetKey:
+        board = Board(fleet.config("pi-1", role="client", urls=urls), board_key, said)
+        task = asyncio.create_task(board.run())
+        code = await said.code()
+        holder = fleet.config("laptop", role="client", urls=urls)
+        await send_key(holder, fleet.key, code, yes, Said())
+        return await task
+
+    try:
+        assert run(scenario()) == fleet.key
+    finally:
+        fleet.close()
