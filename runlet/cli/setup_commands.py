@@ -166,6 +166,17 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def show_qr(code: object, out: Any = None) -> None:
+    """The code as a QR code in the terminal (segno's text blocks), only on a terminal."""
+    stream = sys.stdout if out is None else out
+    if not stream.isatty():
+        return
+    import segno
+
+    segno.make(str(code), error="m").terminal(out=stream, compact=True, border=2)
+    stream.flush()
+
+
 def cmd_pair(args: argparse.Namespace) -> int:
     from runlet.client.pairing import Board, send_key
     from runlet.config import load_config
@@ -183,7 +194,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
     _quiet_logging()
     config = load_config(args.config)
     if not args.code:
-        asyncio.run(Board(config, config.key_file, _say).run())
+        asyncio.run(Board(config, config.key_file, _say, on_code=show_qr).run())
         _say("next: runlet start   (this device can run jobs now)")
         return 0
     key = FleetKey.load(config.key_file)

@@ -82,6 +82,7 @@ class Board:
     clock: Clock = time.monotonic
     lifetime: float = CODE_LIFETIME
     make_code: Callable[[], PairingCode] = PairingCode.generate
+    on_code: Callable[[PairingCode], None] | None = None  # shows a new code (a QR code, say)
     code: PairingCode | None = None
     failures: int = 0
     born: float = 0.0
@@ -128,6 +129,8 @@ class Board:
             dead_letter=False,
         )
         inbox = await _inbox(broker, spec)
+        if self.on_code is not None:
+            self.on_code(self.code)
         minutes = self.lifetime / 60
         self.say(f"{why}: {self.code}  (for {minutes:.0f} minutes)")
         self.say(f"on a device that has the fleet key: runlet pair {self.code}")

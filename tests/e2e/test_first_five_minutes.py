@@ -93,6 +93,7 @@ def test_init_pair_and_run_a_job_on_the_new_device(
         board.wait_until(lambda: CODE.search(board.text()) is not None, "a pairing code")
         code = CODE.search(board.text())
         assert code is not None
+        assert "▄" in board.text()  # the code as a QR code, too
 
         holder = terminal.program(first.argv("pair", code.group(1)), env=first.env())
         holder.wait_text("send the fleet key to dev-b")

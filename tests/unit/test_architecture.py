@@ -184,6 +184,7 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "nacl": ("runlet.protocol",),
     "spake2": ("runlet.protocol",),
     "argcomplete": ("runlet.cli",),
+    "segno": ("runlet.cli",),
 }
 
 

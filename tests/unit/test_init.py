@@ -198,3 +198,29 @@ def test_pair_a_malformed_code_is_a_usage_error(
     """A code that is not N-word-N-word stops at once with its shape (64), --yes or not."""
     assert main(["pair", code, "--yes"]) == 64
     assert "4-river-7-cactus" in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_the_pairing_code_shows_as_a_qr_code_on_a_terminal_only() -> None:
+    """On a terminal the code is drawn as a QR code of block characters; piped, nothing."""
+    from runlet.cli.setup_commands import show_qr
+    from runlet.protocol.pairing import PairingCode
+
+    code = PairingCode(4, "river", 7, "cactus")
+    drawn = _Terminal(tty=True)
+    show_qr(code, drawn)
+    rows = drawn.getvalue().splitlines()
+    assert 10 <= len(rows) <= 20
+    assert all(set(row) <= set("█▀▄ ") for row in rows)
+    assert len({len(row) for row in rows}) == 1  # a square, drawn two modules a row
+    piped = _Terminal(tty=False)
+    show_qr(code, piped)
+    assert piped.getvalue() == ""
