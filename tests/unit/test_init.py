@@ -224,3 +224,28 @@ def test_the_pairing_code_shows_as_a_qr_code_on_a_terminal_only() -> None:
     piped = _Terminal(tty=False)
     show_qr(code, piped)
     assert piped.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        ("init", ["--broker", "--user", "--node", "--join", "--system", "--force", "--json"]),
+        ("doctor", ["--json", "problem"]),
+        ("pair", ["code", "--yes", "SPAKE2"]),
+        ("completion", ["bash", "zsh", "fish"]),
+    ],
+)
+def test_first_run_commands_have_help(
+    capsys: pytest.CaptureFixture[str], command: str, words: list[str]
+) -> None:
+    """Each first-run command's --help exits 0 and names its options; `runlet --help` lists it."""
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: runlet {command}")
+    for word in words:
+        assert word in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert f"    {command} " in capsys.readouterr().out
