@@ -37,7 +37,15 @@ from runlet.adapters.broker import Broker, Handler, Incoming, QueueSpec
 from runlet.adapters.broker_port import BrokerPort
 from runlet.errors import BrokerUnavailable, NoSuchTarget, ProtocolError, RunletError
 from runlet.protocol import addresses, wire
-from runlet.protocol.messages import ControlSent, InputSent, Ping, Pong, ReplayRequested, StartJob
+from runlet.protocol.messages import (
+    ControlSent,
+    InputSent,
+    Ping,
+    Pong,
+    ReplayRequested,
+    SendHeartbeat,
+    StartJob,
+)
 from runlet.runtime.actor import Actor, Context
 from runlet.runtime.local_messages import (
     CloseJobQueues,
@@ -431,4 +439,4 @@ def _route_dispatch(msg: object) -> str | None:
 
 
 def _route_rpc(msg: object) -> str | None:
-    return JOB_QUEUE if isinstance(msg, ReplayRequested) else None
+    return JOB_QUEUE if isinstance(msg, ReplayRequested | SendHeartbeat) else None

@@ -26,6 +26,7 @@ from runlet.protocol.messages import (
     JobStateChanged,
     NodeHeartbeat,
     ReplayRequested,
+    SendHeartbeat,
     StartJob,
 )
 from runlet.protocol.payloads import Control, JobSpec
@@ -123,7 +124,7 @@ class JobQueue(Actor):
         assert self.journal is not None
         return self.journal
 
-    def handle(self, message: object) -> None:
+    def handle(self, message: object) -> None:  # noqa: PLR0912 - one case per message type
         match message:
             case Delivered(message=StartJob() as request):
                 self._accept(message, request)
@@ -131,6 +132,9 @@ class JobQueue(Actor):
                 self._control(message, control)
             case Delivered(message=ReplayRequested() as ask):
                 self._replay(message, ask)
+            case Delivered(message=SendHeartbeat()):
+                self._settle(message, True)
+                self._send_heartbeat()  # the timer of the regular beats is left as it is
             case SlotGranted(job_id=job_id):
                 self._start(job_id)
             case SessionStarted(job_id=job_id):
@@ -331,6 +335,10 @@ class JobQueue(Actor):
 
     def _heartbeat(self) -> None:
         """Tell the server this node is alive and what it holds; again and again."""
+        self._send_heartbeat()
+        self.tell_self_later(self.ctx.settings.broker.presence_seconds, HeartbeatDue())
+
+    def _send_heartbeat(self) -> None:
         counts = self._journal.statistics()
         beat = NodeHeartbeat(
             self.node,
@@ -348,7 +356,6 @@ class JobQueue(Actor):
                 message_id=f"{self.node}:beat:{beat.at}",
             )
         )
-        self.tell_self_later(self.ctx.settings.broker.presence_seconds, HeartbeatDue())
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -9,8 +9,10 @@ devices keep working meanwhile. Recording is idempotent, so redeliveries change 
 A state change or log location that cannot be decoded, is of another type, or came under the
 key of another job is dead-lettered and counted. Every few seconds it looks for nodes whose
 heartbeat stopped: their running jobs become `lost` (a node that comes back and reports them
-corrects the ledger). It never sees a key, a command or output: it stores ids, names, states,
-times and codes.
+corrects the ledger). When it attaches to a user's exchange (at its start, or for a new
+account) it asks every node of that user for a heartbeat at once, so its view of who is
+online does not wait for the nodes' next beats. It never sees a key, a command or output: it
+stores ids, names, states, times and codes.
 
 Its seams, in `ctx.services`: `ledger_db_factory` (default `runlet.adapters.ledger_db.connect`;
 a test passes a `runlet.testing.ledger_db.MemoryLedgerDb`'s `connect`), `broker_factory`
@@ -40,6 +42,7 @@ from runlet.protocol.messages import (
     NodeHeartbeat,
     Query,
     QueryAnswered,
+    SendHeartbeat,
 )
 from runlet.runtime.actor import Actor, Context
 from runlet.runtime.local_messages import LoopTaskFailed
@@ -159,6 +162,21 @@ class Ledger(Actor):
         await broker.consume(rpc, lambda m: self._on_query(user, broker, m))
         self.brokers[user] = broker
         self.log.info("ledger_user_attached", user=user)
+        await self._ask_for_heartbeats(user, broker)
+
+    async def _ask_for_heartbeats(self, user: str, broker: BrokerPort) -> None:
+        """Every online node beats now, so `runlet nodes` right after a start lists them."""
+        asked = wire.encode(SendHeartbeat(self.ctx.clock()))
+        try:
+            await broker.publish(
+                addresses.RPC_JOBS,
+                asked,
+                message_id=f"server:beat:{self.ctx.clock()}",
+                durable=False,
+                mandatory=False,  # no node yet: nobody to ask
+            )
+        except RunletError as exc:  # the beats come anyway, only later
+            self.log.warning("heartbeats_not_asked", user=user, error=str(exc))
 
     async def _on_state(self, user: str, incoming: Incoming) -> None:
         try:

@@ -6,7 +6,8 @@ RunletError
 ├── ConfigError            bad or missing setting: the program names the key and stops (exit 78)
 ├── ProtocolError          undecodable or invalid message: dead-lettered, never retried (65)
 ├── CryptoError            no key, or a bad one: never retried, always reported (exit 77)
-│   └── AuthenticationFailed   a sealed message did not open (job, kind, seq)
+│   ├── AuthenticationFailed   a sealed message did not open (job, kind, seq)
+│   └── PairingFailed          `runlet pair` did not bring the fleet key over (wrong code, …)
 ├── JobError               something about one job
 │   ├── JobNotFound        no node knows the job (exit 68)
 │   ├── NoSuchTarget       no node serves the requested target (exit 68)
@@ -19,6 +20,7 @@ RunletError
 ├── ClosedError            used after we closed it
 └── ServiceError           an outside service failed: the only kind that is retried (exit 69)
     ├── BrokerUnavailable
+    │   └── BrokerLoginRefused   the broker answered but refused the account (which one)
     ├── DatabaseUnavailable
     ├── BlobStoreUnavailable
     └── ServerUnavailable  no Runlet server answers this user's questions
@@ -93,6 +95,11 @@ class AuthenticationFailed(CryptoError):
         self.kind = kind
         self.seq = seq
         super().__init__(message)
+
+
+class PairingFailed(CryptoError):
+    """`runlet pair` ended without the fleet key moving: a wrong or expired code, no device
+    waiting, a refusal. The message says which; it never holds the code's secret words."""
 
 
 class JobError(RunletError):
@@ -197,6 +204,15 @@ class ServiceError(RunletError):
 
 class BrokerUnavailable(ServiceError):
     """RabbitMQ could not be reached or refused the operation."""
+
+
+class BrokerLoginRefused(BrokerUnavailable):
+    """RabbitMQ answered but refused the login; `account` and `url` (password masked) say whose."""
+
+    def __init__(self, message: str, *, account: str, url: str) -> None:
+        self.account = account
+        self.url = url
+        super().__init__(message)
 
 
 class DatabaseUnavailable(ServiceError):

@@ -100,3 +100,34 @@ def write_all(fd: int, data: bytes) -> None:
             time.sleep(0.001)
             continue
         view = view[written:]
+
+
+def write_private_file(path: Path, data: bytes, *, overwrite: bool = False) -> None:
+    """Write `data` to `path` with mode 0o600, atomically (temporary file, fsync, rename).
+
+    Without `overwrite` an existing `path` raises FileExistsError, also one that appears
+    while we write (the new file is hard-linked into place, which never replaces).
+    """
+    make_private_dirs(path.parent)
+    if not overwrite and path.exists():
+        raise FileExistsError(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links here: the check above has to do
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)

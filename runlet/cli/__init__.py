@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from runlet.cli.commands import command_name
+from runlet.cli.completion import autocomplete
 from runlet.cli.parser import build_parser
 from runlet.errors import EXIT_CANCELLED, RunletError, UsageError
 
@@ -23,6 +24,7 @@ __all__ = ["build_parser", "main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    autocomplete(parser)  # answers a shell's TAB and exits; nothing otherwise
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

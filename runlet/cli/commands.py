@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from runlet.config import Config, as_dict, describe_keys, load_config
+from runlet.config import Config, as_dict, describe_keys, load_config, locate_config
 from runlet.errors import EXIT_NOHOST, ConfigError, UsageError
 
 
@@ -395,13 +396,15 @@ def cmd_key_show(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.file)
+    place = locate_config(args.file or args.config, os.environ)
+    config = load_config(place.path)
     if args.json:
-        print(json.dumps(_config_dict(config), indent=2))
+        print(json.dumps({**_config_dict(config), "found_by": place.found_by}, indent=2))
     else:
         print(
-            f"{args.file}: ok — role {config.role}, node {config.node}, user {config.user}, "
+            f"{place.path}: ok — role {config.role}, node {config.node}, user {config.user}, "
             f"{len(config.broker.urls)} broker URL(s), max_parallel {config.jobs.max_parallel}"
+            f" (found by {place.found_by})"
         )
     return 0
 

@@ -36,9 +36,11 @@ from runlet.cli.commands import (
     positive,
     seconds,
 )
+from runlet.cli.setup_commands import add_setup_commands
 
 EPILOG = """\
-config: -c/--config FILE, or the RUNLET_CONFIG environment variable.
+config: -c/--config FILE, else $RUNLET_CONFIG, else $XDG_CONFIG_HOME/runlet/config.toml
+(~/.config/runlet/config.toml), else /etc/runlet/runlet.toml; `runlet init` writes one.
 The config's `role` decides what `runlet start` runs (daemon).
 Detach from an attached job with Ctrl-] (press it twice to send it to the job).
 """
@@ -51,9 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-c", "--config", help="config file (default: $RUNLET_CONFIG)")
+    parser.add_argument(
+        "-c",
+        "--config",
+        help="config file (default: $RUNLET_CONFIG, then the default places below)",
+    )
     parser.add_argument("--version", action="version", version=f"runlet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    add_setup_commands(sub)
 
     start = sub.add_parser("start", help="run this device's daemon in the foreground")
     start.set_defaults(func=cmd_start)
@@ -123,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_users(sub)
     _add_ping(sub)
 
-    check = sub.add_parser("check-config", help="validate a config file and print what it sets")
-    check.add_argument("file")
+    check = sub.add_parser(
+        "check-config", help="validate a config file, say where it was found and what it sets"
+    )
+    check.add_argument("file", nargs="?", help="default: -c, or the file runlet would read")
     check.add_argument("--json", action="store_true", help="print the settings as JSON")
     check.set_defaults(func=cmd_check_config)
 

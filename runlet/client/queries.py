@@ -1,7 +1,8 @@
 """`runlet jobs`, `job` and `nodes`: questions for the server, answered over the broker.
 
 Output is aligned for people, or JSON (`--json`) for scripts. The server answers through the
-user's own exchange; no server running means the question bounces at once (exit 69).
+user's own exchange; no server running, or none that knows the user, means the question
+bounces at once (exit 69), and the message says which of the two and what to run.
 """
 
 from __future__ import annotations
@@ -79,9 +80,8 @@ async def ask(config: Config, query: Query) -> list[dict[str, Any]]:
                 reply_to=reply,
             )
         except NoSuchTarget:
-            raise ServerUnavailable(
-                f"no Runlet server is running for user {config.user!r}"
-            ) from None
+            known = await broker.queue_info(addresses.presence_queue(config.user)) is not None
+            raise ServerUnavailable(no_server(config.user, known=known)) from None
         try:
             body = await asyncio.wait_for(answers.get(), ANSWER_SECONDS)
         except TimeoutError:
@@ -94,6 +94,21 @@ async def ask(config: Config, query: Query) -> list[dict[str, Any]]:
     if not answer.ok:
         raise RunletError(answer.error or "the server refused the query")
     return wire.decode_rows(answer.rows)
+
+
+def no_server(user: str, *, known: bool) -> str:
+    """Why no server answered: none runs (one knew the user: the presence queue only a
+    server declares is there; it expires a day after its server went), or none knows the
+    user (there is no such queue: daemons declare the ledger queue, never this one)."""
+    if known:
+        return (
+            f"no Runlet server is running for user {user!r}: start it (`runlet start` with"
+            " the server's config); state changes wait in its queue meanwhile"
+        )
+    return (
+        f"no Runlet server knows user {user!r}: on the server, run `runlet user add {user}`"
+        " (and start the server if none runs)"
+    )
 
 
 def render(formatter: Callable[[Any], str], rows: Any) -> str:

@@ -12,11 +12,12 @@ name: the code that uses a file checks it.
 Environment overrides win over the file. ``RUNLET_<SECTION>__<KEY>`` sets a section key
 (``RUNLET_JOBS__MAX_PARALLEL=8``); ``RUNLET_ROLE``, ``RUNLET_USER``, ``RUNLET_NODE``,
 ``RUNLET_DATA_DIR`` and ``RUNLET_TAGS`` set the top-level keys; ``RUNLET_CONFIG`` names the
-file. A value is read as TOML when it parses as one (``8``, ``["a", "b"]``), else as plain
-text. List keys split plain text on commas (``RUNLET_TAGS=gpu,arm``); string and path keys
-take the text as written unless it is a quoted TOML string (``RUNLET_USER=42`` is the user
-``"42"``). An unknown ``RUNLET_<SECTION>__<KEY>`` is an error; other ``RUNLET_*`` names are
-left to whoever uses them.
+file (without it and without ``-c``, the default places of `places` are looked at). A value
+is read as TOML when it parses as one (``8``, ``["a", "b"]``), else as plain text. List
+keys split plain text on commas (``RUNLET_TAGS=gpu,arm``); string and path keys take the
+text as written unless it is a quoted TOML string (``RUNLET_USER=42`` is the user ``"42"``).
+An unknown ``RUNLET_<SECTION>__<KEY>`` is an error; other ``RUNLET_*`` names are left to
+whoever uses them.
 
 An optional section (``[storage]``) that neither the file nor the environment mentions is
 None in `Config`: the feature is off. Naming any of its keys turns it on, and then its
@@ -24,16 +25,18 @@ required keys must be set too.
 
 The modules: `schema` (the dataclasses; each field carries its check, default and meaning),
 `setting` (how a field does that, and how the fields are read back), `checks` (the value
-checks), `load` (file, environment, building), `show` (the key list, README's table and the
-JSON view, all read from the schema).
+checks), `places` (where the file is looked for), `load` (file, environment, building),
+`show` (the key list, README's table and the JSON view, all read from the schema).
 """
 
-from runlet.config.load import (
+from runlet.config.load import MAX_CONFIG_BYTES, load_config, parse_config, resolve_config_path
+from runlet.config.places import (
     CONFIG_ENV,
-    MAX_CONFIG_BYTES,
-    load_config,
-    parse_config,
-    resolve_config_path,
+    SYSTEM_CONFIG,
+    ConfigPlace,
+    default_places,
+    locate_config,
+    user_config_path,
 )
 from runlet.config.schema import (
     DEFAULT_BROKER_URL,
@@ -57,8 +60,10 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "DEFAULT_SHELL",
     "MAX_CONFIG_BYTES",
+    "SYSTEM_CONFIG",
     "BrokerConfig",
     "Config",
+    "ConfigPlace",
     "CryptoConfig",
     "JobsConfig",
     "LogConfig",
@@ -67,9 +72,12 @@ __all__ = [
     "StorageConfig",
     "VaultConfig",
     "as_dict",
+    "default_places",
     "describe_keys",
     "load_config",
+    "locate_config",
     "markdown_table",
     "parse_config",
     "resolve_config_path",
+    "user_config_path",
 ]

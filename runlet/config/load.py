@@ -19,26 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from runlet.config.checks import Conflict, Invalid, Shape, expand, label, type_name
+from runlet.config.places import CONFIG_ENV, locate_config
 from runlet.config.schema import SECTIONS, TOP_KEYS, Config
 from runlet.config.setting import Key
 from runlet.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1024 * 1024
-CONFIG_ENV = "RUNLET_CONFIG"
 
 _ENV_PREFIX = "RUNLET_"
 _TOO_LARGE = f"is larger than {MAX_CONFIG_BYTES} bytes (1 MiB); is it really a config file?"
 
 
 def resolve_config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
-    """The config file to read: `path` if given, else ``$RUNLET_CONFIG``."""
-    chosen = os.fspath(path) if path is not None else env.get(CONFIG_ENV, "")
-    if not chosen:
-        raise ConfigError("config", f"no config file given: pass -c/--config or set {CONFIG_ENV}")
-    try:
-        return expand(chosen)
-    except Invalid as exc:
-        raise ConfigError("config", exc.problem, source=chosen) from None
+    """The config file to read: `path`, ``$RUNLET_CONFIG`` or a default place (`places`)."""
+    return locate_config(path, env).path
 
 
 def load_config(
@@ -46,7 +40,7 @@ def load_config(
 ) -> Config:
     """Read, override from `env` (default: the process environment) and check a config."""
     environ: Mapping[str, str] = os.environ if env is None else env
-    file = resolve_config_path(path, environ)
+    file = locate_config(path, environ).path
     text = _read_text(file)
     return parse_config(text, source=str(file), base_dir=file.absolute().parent, env=environ)
 

@@ -155,4 +155,18 @@ def fanout_pattern(job_id: str, concern: str) -> str:
     return f"job.{job_id}.*.{concern}"
 
 
+def pair_board_key(nameplate: int) -> str:
+    """Where a device waiting to be paired with code `nameplate-…` listens."""
+    return f"pair.{nameplate}.board"
+
+
+def pair_holder_key(nameplate: int, attempt: str) -> str:
+    """Where the device sending the fleet key hears back, for one attempt."""
+    return f"pair.{nameplate}.holder.{attempt}"
+
+
+def pair_queue(user: str, nameplate: int, side: str) -> str:
+    return f"runlet.{user}.pair.{nameplate}.{side}"
+
+
 LEDGER_PATTERNS = ("job.*.state", "job.*.*.state", "job.*.log", "job.*.*.log")

@@ -8,6 +8,7 @@ command, environment, input, output, control — travels sealed under the job's 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from runlet.protocol.addresses import valid_job_id, valid_name
@@ -177,6 +178,14 @@ class ReplayRequested:
         _seq(self.from_seq)
 
 
+@message("send_heartbeat")
+@dataclass(frozen=True, slots=True)
+class SendHeartbeat:
+    """The server, just started, asks every node for a heartbeat now (not at its next beat)."""
+
+    asked_at: float
+
+
 @message("replay_done")
 @dataclass(frozen=True, slots=True)
 class ReplayFinished:
@@ -323,3 +332,76 @@ class KeyGranted:
             raise ValueError("a granted key must be a sealed key (runlet-sealed-key-v1:...)")
         if len(self.sealed) > MAX_SEALED_KEY:
             raise ValueError(f"a sealed key is at most {MAX_SEALED_KEY} characters")
+
+
+# -- pairing a new device (runlet.protocol.pairing): what the broker may see of it ----------
+
+_ATTEMPT = re.compile(r"[0-9a-f]{32}")
+
+
+def _attempt(attempt: str) -> None:
+    if not _ATTEMPT.fullmatch(attempt):
+        raise ValueError(f"invalid pairing attempt id {attempt[:80]!r}")
+
+
+@message("pair_requested")
+@dataclass(frozen=True, slots=True)
+class PairRequested:
+    """The device holding the fleet key starts an attempt: its name and SPAKE2 message."""
+
+    attempt: str
+    node: str
+    spake: bytes
+
+    def __post_init__(self) -> None:
+        _attempt(self.attempt)
+        _name("node", self.node)
+        _size("spake", self.spake, 64)
+
+
+@message("pair_answered")
+@dataclass(frozen=True, slots=True)
+class PairAnswered:
+    """The new device answers: its name, its SPAKE2 message and its proof of the agreed key."""
+
+    attempt: str
+    node: str
+    spake: bytes
+    proof: bytes
+
+    def __post_init__(self) -> None:
+        _attempt(self.attempt)
+        _name("node", self.node)
+        _size("spake", self.spake, 64)
+        _size("proof", self.proof, 64)
+
+
+@message("pair_confirmed")
+@dataclass(frozen=True, slots=True)
+class PairConfirmed:
+    """The holder's proof and the fleet key sealed under the agreed key (empty: declined)."""
+
+    attempt: str
+    proof: bytes
+    sealed: bytes = b""
+
+    def __post_init__(self) -> None:
+        _attempt(self.attempt)
+        _size("proof", self.proof, 64)
+        _size("sealed", self.sealed, 512)
+
+
+@message("pair_ended")
+@dataclass(frozen=True, slots=True)
+class PairEnded:
+    """How the attempt ended, said by the new device; `fingerprint` of the key it stored."""
+
+    attempt: str
+    ok: bool
+    reason: str = ""
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        _attempt(self.attempt)
+        if len(self.reason) > 200 or len(self.fingerprint) > 64:
+            raise ValueError("a pairing end's reason or fingerprint is too long")

@@ -164,9 +164,12 @@ def device_config(
         else ""
     )
     return (
-        f"# Runlet config for user {account.name!r}: copy to each device, set node, then\n"
-        "# `runlet -c THIS key init` on the first device; on each other, `key device`, then\n"
-        "# `key seal LINE` on a device that has the key, and `key import` of what it printed.\n"
+        f"# Runlet config for user {account.name!r}. Simplest, on the first device:\n"
+        f"#   runlet init --broker '{_with_login(chosen[0], user, secret)}' --user {account.name}\n"
+        "# and on each other one the same with --join, then `runlet pair` (README: Add a device).\n"
+        "# Or copy this file to each device, set node, `runlet -c THIS key init` on the first\n"
+        "# device; on each other, `key device`, then `key seal LINE` on a device that has the\n"
+        "# key, and `key import` of what it printed.\n"
         '# The broker password below is a secret: keep this file mode 600.\nrole = "daemon"\n'
         f'user = "{account.name}"\nnode = "{node}"\ndata_dir = "/var/lib/runlet"\n\n'
         f"[broker]\nurls = [{listed}]\n{ca}\n"

@@ -54,13 +54,19 @@ def runlet_argv(config: Path, *args: str) -> list[str]:
 class Terminal:
     """One program (mostly `runlet`) in a real pseudo-terminal, with the screen its user sees."""
 
-    def __init__(self, argv: list[str], rows: int, cols: int) -> None:
+    def __init__(
+        self, argv: list[str], rows: int, cols: int, env: dict[str, str] | None = None
+    ) -> None:
         self.screen = pyte.Screen(cols, rows)
         self.stream = pyte.ByteStream(self.screen)
         self.received = bytearray()
         self.eof = False
         self.child = pexpect.spawn(
-            argv[0], argv[1:], env=client_env(), cwd=str(REPO), dimensions=(rows, cols)
+            argv[0],
+            argv[1:],
+            env=client_env() if env is None else env,
+            cwd=str(REPO),
+            dimensions=(rows, cols),
         )
         self.child.delaybeforesend = None  # keys leave when pressed: timing can be under test
 
@@ -178,9 +184,17 @@ class Terminals:
         """`runlet -c CONFIG ARGS...` in a new terminal of `rows` x `cols`."""
         return self.program(runlet_argv(config, *args), rows=rows, cols=cols)
 
-    def program(self, argv: list[str], *, rows: int = 24, cols: int = 80) -> Terminal:
-        """Any program (a shell around runlet, say) in a new terminal."""
-        term = Terminal(argv, rows, cols)
+    def program(
+        self,
+        argv: list[str],
+        *,
+        rows: int = 24,
+        cols: int = 80,
+        env: dict[str, str] | None = None,
+    ) -> Terminal:
+        """Any program (a shell around runlet, say) in a new terminal; `env` replaces the
+        usual client environment (a device with a HOME of its own, say)."""
+        term = Terminal(argv, rows, cols, env)
         self.opened.append(term)
         return term
 

@@ -10,6 +10,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,7 @@ from runlet.adapters.ledger_db import connect
 from runlet.client import queries
 from runlet.client.session import Client
 from runlet.config import load_config
+from runlet.errors import ServerUnavailable
 from runlet.protocol.addresses import new_job_id
 from runlet.protocol.messages import Query
 from runlet.protocol.payloads import JobSpec
@@ -178,6 +180,38 @@ def test_ledger_records_a_jobs_whole_life_and_answers_queries(
     nodes = answer_eventually(fleet, Query("nodes"), lambda rows: len(rows) == 2)
     assert {n["name"]: n["online"] for n in nodes} == {"edge-1": True, "edge-2": True}
     assert next(n for n in nodes if n["name"] == "edge-2")["tags"] == ["arm"]
+
+
+def test_a_server_that_does_not_know_the_user_says_user_add(
+    fleet: Fleet, server: ServerUnderTest, tmp_path: Path
+) -> None:
+    """A running server, asked by a user it does not know: the error says `runlet user add`;
+    once it knew the user and stopped, the error says to start it."""
+    stranger = Fleet(tmp_path / "stranger")
+    try:
+        with pytest.raises(ServerUnavailable) as info:
+            run(queries.ask(stranger.client_config("asker"), Query("nodes")))
+        assert f"runlet user add {stranger.user}" in str(info.value)
+    finally:
+        stranger.close()
+    answer_eventually(fleet, Query("nodes"), lambda rows: rows == [])
+    server.stop()
+    with pytest.raises(ServerUnavailable) as info:
+        ask(fleet, Query("nodes"))
+    assert "no Runlet server is running" in str(info.value)
+
+
+def test_a_freshly_started_server_lists_online_nodes_at_once(fleet: Fleet, schema: str) -> None:
+    """A daemon beating once an hour is online in `nodes` right after the server starts: the
+    server asks the fleet for a heartbeat (the daemon's first beat found no presence queue)."""
+    fleet.start_daemon("edge-1", presence=3600.0)
+    under_test = ServerUnderTest(fleet, schema)
+    under_test.start()
+    try:
+        nodes = answer_eventually(fleet, Query("nodes"), lambda rows: len(rows) == 1)
+        assert (nodes[0]["name"], nodes[0]["online"]) == ("edge-1", True)
+    finally:
+        under_test.stop()
 
 
 def test_server_down_devices_keep_working_and_states_are_recorded_later(

@@ -84,6 +84,15 @@ def test_device_config_carries_the_new_login(tmp_path: Path) -> None:
     assert (url.username, url.password) == ("runlet-alice", "s3cr3t")
 
 
+def test_device_config_says_the_init_line_with_the_same_login(tmp_path: Path) -> None:
+    """The comment names the `runlet init` line for a first device, with the URL the
+    config holds, so setting a device up needs no file copied by hand."""
+    text = admin.device_config(server_config(tmp_path), account("s3cr3t"))
+    url = broker_url(text)
+    assert f"#   runlet init --broker '{url}' --user alice\n" in text
+    assert "--join" in text
+
+
 def test_device_config_never_leaks_the_admin_login(tmp_path: Path) -> None:
     """The server's own broker login appears nowhere in what is handed to the user."""
     text = admin.device_config(server_config(tmp_path), account())

@@ -13,8 +13,8 @@ Import rules are folder rules. From the bottom up:
     runlet/cli/        the command line: parser, commands          anything but actors
 
 Besides: actors never import one another; only adapters import aio-pika/aiormq, asyncpg,
-aioboto3/botocore and ptyprocess/pywinpty; only the protocol imports msgpack and PyNaCl; every
-module starts with a docstring.
+aioboto3/botocore and ptyprocess/pywinpty; only the protocol imports msgpack, PyNaCl and spake2;
+every module starts with a docstring.
 """
 
 from __future__ import annotations
@@ -182,6 +182,9 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "winpty": ("runlet.adapters",),
     "msgpack": ("runlet.protocol",),
     "nacl": ("runlet.protocol",),
+    "spake2": ("runlet.protocol",),
+    "argcomplete": ("runlet.cli",),
+    "segno": ("runlet.cli",),
 }
 
 
@@ -287,7 +290,7 @@ def test_every_module_has_a_docstring(path: Path) -> None:
 @pytest.mark.parametrize("path", ALL_MODULES, ids=module_name)
 def test_outside_libraries_are_imported_only_where_they_belong(path: Path) -> None:
     """aio-pika only in the broker adapter; asyncpg, botocore and PTY libraries only in
-    adapters; msgpack and PyNaCl only in the protocol."""
+    adapters; msgpack, PyNaCl and spake2 only in the protocol."""
     own = module_name(path)
     names = imports_of(path)
     for library, places in LIBRARIES.items():

@@ -30,6 +30,7 @@ from runlet.protocol.messages import (
     Ping,
     Pong,
     ReplayRequested,
+    SendHeartbeat,
     StartJob,
 )
 from runlet.runtime.actor import Context
@@ -176,6 +177,13 @@ def test_a_ping_is_answered_on_the_loop(rig: Rig) -> None:
     assert incoming.settled == "ack"
     (pong,) = rig.broker.sent(reply)
     assert wire.decode(pong.body) == Pong("node1", 7, 2.0)
+
+
+def test_a_servers_heartbeat_request_goes_to_the_job_queue(rig: Rig) -> None:
+    """SendHeartbeat on the rpc queue (the server asking every node) reaches the Job Queue."""
+    rig.inject(addresses.rpc_queue(USER, "node1"), wire.encode(SendHeartbeat(3.0)))
+    (delivered,) = rig.job_queue.wait_of(Delivered)
+    assert delivered.message == SendHeartbeat(3.0)
 
 
 def test_input_goes_to_the_jobs_session_only_on_its_own_queue(rig: Rig) -> None:

@@ -125,7 +125,7 @@ def test_unknown_subcommand(capsys: pytest.CaptureFixture[str], argv: list[str])
     assert "invalid choice" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [[], ["key"], ["attach"], ["send", JOB], ["check-config"]])
+@pytest.mark.parametrize("argv", [[], ["key"], ["attach"], ["send", JOB]])
 def test_missing_arguments(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     """A missing subcommand or required argument is a usage error (exit 2)."""
     assert exits(argv) == 2

@@ -124,6 +124,7 @@ def test_one_source_drives_every_output(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["check-config", "--json", str(path)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown.pop("source") == str(path)
+    assert shown.pop("found_by") == "-c/--config"
     assert list(flatten(shown)) == list(fields)
 
 

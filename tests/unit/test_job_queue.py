@@ -17,7 +17,14 @@ from actors.job_queue import JOURNAL_RETENTION, JOURNAL_SWEEP_SECONDS, JobQueue
 from runlet.adapters.journal import Journal
 from runlet.protocol import addresses, wire
 from runlet.protocol.crypto import FleetKey
-from runlet.protocol.messages import ControlSent, JobStateChanged, ReplayRequested, StartJob
+from runlet.protocol.messages import (
+    ControlSent,
+    JobStateChanged,
+    NodeHeartbeat,
+    ReplayRequested,
+    SendHeartbeat,
+    StartJob,
+)
 from runlet.protocol.payloads import Control, JobSpec
 from runlet.protocol.states import ExitStatus
 from runlet.runtime.actor import Context, start_supervisor, supervise
@@ -674,6 +681,20 @@ def test_an_exit_code_outside_a_byte_is_kept_when_the_session_gave_a_detail(
     assert event.exit_code == 255
     assert event.detail is not None
     assert "0xc000013a" in event.detail
+
+
+def test_a_servers_request_is_settled_and_answered_with_one_heartbeat(node: Node) -> None:
+    """SendHeartbeat is acked and makes a heartbeat now, not at the next beat's time."""
+
+    def beats() -> list[Publish]:
+        return [m for m in node.gateway.all() if isinstance(m, Publish) and _is_heartbeat(m)]
+
+    node.gateway.wait(lambda _: len(beats()) == 1, what="the first heartbeat at start")
+    token = node.deliver(SendHeartbeat(NOW))
+    assert node.settle(token).ok
+    node.gateway.wait(lambda _: len(beats()) == 2, what="the asked-for heartbeat")
+    beat = wire.decode_as(beats()[-1].body, NodeHeartbeat)
+    assert beat.node == "node1"
 
 
 def test_jobs_finished_long_ago_are_forgotten_on_a_heartbeat(tmp_path: Path) -> None:

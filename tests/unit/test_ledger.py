@@ -27,6 +27,7 @@ from runlet.protocol.messages import (
     Ping,
     Query,
     QueryAnswered,
+    SendHeartbeat,
 )
 from runlet.runtime.actor import Context
 from runlet.runtime.local_messages import ChildDied
@@ -199,6 +200,12 @@ def test_start_migrates_and_consumes_each_users_queues(rig: Rig) -> None:
     ledger = rig.broker.queues[addresses.ledger_queue(USER)].spec
     assert (ledger.kind, ledger.bindings) == ("quorum", addresses.LEDGER_PATTERNS)
     assert rig.brokers.options[USER]["name"] == f"runlet-server-{USER}"
+
+
+def test_attaching_a_user_asks_every_node_for_a_heartbeat(rig: Rig) -> None:
+    """Right after it attaches, the server asks all the user's nodes for a beat (rpc.jobs)."""
+    (asked,) = rig.broker.sent(addresses.RPC_JOBS)
+    assert isinstance(wire.decode(asked.body), SendHeartbeat)
 
 
 def test_an_unreachable_database_at_start_crashes_it_for_its_supervisor(tmp_path: Path) -> None:
@@ -483,4 +490,5 @@ def test_a_query_without_a_valid_reply_key_is_not_answered(rig: Rig) -> None:
             addresses.SERVER_RPC, wire.encode(Query("nodes")), reply_to=reply_to, durable=False
         )
         assert incoming.settled == "ack"
-    assert [p.routing_key for p in rig.broker.published] == [addresses.SERVER_RPC] * 2
+    answers = [p for p in rig.broker.published if p.routing_key != addresses.RPC_JOBS]
+    assert [p.routing_key for p in answers] == [addresses.SERVER_RPC] * 2

@@ -364,6 +364,7 @@ class FakeServer:
 
     answer: bytes | None = None
     bounce: bool = False
+    knows_user: bool = False
     published: list[tuple[str, bytes, dict[str, Any]]] = field(default_factory=list)
     delivered: list[FakeIncoming] = field(default_factory=list)
     closed: bool = False
@@ -391,6 +392,9 @@ class FakeBroker:
             incoming = FakeIncoming(self.server.answer)
             self.server.delivered.append(incoming)
             await self.handler(incoming)
+
+    async def queue_info(self, name: str) -> tuple[int, int] | None:
+        return (0, 0) if self.server.knows_user else None
 
     async def close(self) -> None:
         self.server.closed = True
@@ -512,13 +516,22 @@ def test_ask_rows_not_msgpack(monkeypatch: pytest.MonkeyPatch, config: Config, r
 
 
 def test_ask_no_server(monkeypatch: pytest.MonkeyPatch, config: Config) -> None:
-    """A query that bounces (no server bound) raises ServerUnavailable (exit 69) at once."""
+    """A query that bounces (no server bound) raises ServerUnavailable (exit 69) at once;
+    with the user's ledger queue there, a server knew the user: it is not running."""
     server = serve(monkeypatch, None, bounce=True)
+    server.knows_user = True
     with pytest.raises(errors.ServerUnavailable, match="no Runlet server is running") as info:
         ask(config)
     assert info.value.exit_code == 69
     assert "'alice'" in str(info.value)
     assert server.closed
+
+
+def test_ask_a_user_no_server_knows(monkeypatch: pytest.MonkeyPatch, config: Config) -> None:
+    """A bounce with no ledger queue for the user: no server knows them; say `user add`."""
+    serve(monkeypatch, None, bounce=True)
+    with pytest.raises(errors.ServerUnavailable, match="runlet user add alice"):
+        ask(config)
 
 
 def test_ask_no_answer(monkeypatch: pytest.MonkeyPatch, config: Config) -> None:

@@ -41,7 +41,7 @@ from aio_pika.abc import (
 )
 
 from runlet import metrics
-from runlet.adapters.broker.delivery import BROKER_ERRORS, AmqpIncoming
+from runlet.adapters.broker.delivery import BROKER_ERRORS, AmqpIncoming, connect_failure
 from runlet.adapters.broker.security import BrokerSecurity
 from runlet.adapters.broker_port import (
     Handler,
@@ -121,9 +121,10 @@ class Broker:
         """
         if self._closed:
             raise ClosedError("broker adapter is closed")
-        deadline = None if wait is None else time.monotonic() + wait
+        started = time.monotonic()
+        deadline = None if wait is None else started + wait
         last: BaseException | None = None
-        said = ""
+        url, said = self.urls[0], ""
         while True:
             for _ in self.urls:
                 url = self.urls[next(self._url_cycle)]
@@ -143,9 +144,9 @@ class Broker:
                 self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
                 return
             if deadline is None or time.monotonic() >= deadline:
-                where = ", ".join(safe_url(u) for u in self.urls)
+                waited = time.monotonic() - started
                 why = "" if last is None else self.security.explain(last)
-                raise BrokerUnavailable(f"cannot reach RabbitMQ at {where}: {why}") from last
+                raise connect_failure(self.urls, url, last, waited, why) from last
             await asyncio.sleep(0.5)
 
     async def close(self) -> None:

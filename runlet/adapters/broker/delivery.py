@@ -8,13 +8,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import aiormq
 from aiormq.abc import DeliveredMessage
 
+from runlet.adapters.broker_port import safe_url
+from runlet.errors import BrokerLoginRefused, BrokerUnavailable
+
 if TYPE_CHECKING:
     from runlet.adapters.broker.connection import Broker
+
+
+def connect_failure(
+    urls: Sequence[str], url: str, last: BaseException | None, waited: float, why: str
+) -> BrokerUnavailable:
+    """The error for a connect that gave up: a refused login names the account, anything else
+    the URLs tried and for how long (passwords masked); `why` is the last failure in words."""
+    if isinstance(last, aiormq.exceptions.ProbableAuthenticationError):
+        account = urlsplit(url).username or "guest"
+        return BrokerLoginRefused(
+            f"RabbitMQ at {safe_url(url)} refused the login of account {account!r}: {why}",
+            account=account,
+            url=safe_url(url),
+        )
+    shown = ", ".join(safe_url(u) for u in urls)
+    return BrokerUnavailable(f"cannot reach RabbitMQ at {shown} (tried for {waited:.1f} s): {why}")
+
 
 BROKER_ERRORS = (
     aiormq.exceptions.AMQPError,
