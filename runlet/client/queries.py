@@ -2,6 +2,8 @@
 
 Output is aligned for people, or JSON (`--json`) for scripts. The server answers through the
 user's own exchange; no server running means the question bounces at once (exit 69).
+`ask` opens a connection for one question (the CLI); `Asker` keeps one open and matches each
+answer to its question by correlation id (`runlet ui`, which asks again and again).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import json
 import math
 import re
+import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -84,10 +87,68 @@ async def ask(config: Config, query: Query) -> list[dict[str, Any]]:
             ) from None
     finally:
         await broker.close()
+    return _rows(body)
+
+
+def _rows(body: bytes) -> list[dict[str, Any]]:
     answer = wire.decode_as(body, QueryAnswered)
     if not answer.ok:
         raise RunletError(answer.error or "the server refused the query")
     return wire.decode_rows(answer.rows)
+
+
+class Asker:
+    """Questions for the server over an open broker connection, any number at once.
+
+    One exclusive queue takes every answer; each question carries its own correlation id, so
+    an answer that comes after its question gave up is dropped, never taken for another's.
+    """
+
+    def __init__(self, broker: Broker, user: str, node: str) -> None:
+        self.broker = broker
+        self.viewer = f"{node[:40]}-a{secrets.token_hex(4)}"
+        self.reply = addresses.reply_key(self.viewer, "0" * 32)
+        self.queue = addresses.job_queue(user, "0" * 32, "answers", self.viewer)
+        self._waiting: dict[str, asyncio.Future[bytes]] = {}
+        self.late = 0  # answers that came after their question gave up
+
+    async def start(self) -> None:
+        spec = QueueSpec(self.queue, "exclusive", (self.reply,), dead_letter=False)
+        await self.broker.consume(spec, self._on_answer)
+
+    async def _on_answer(self, incoming: Incoming) -> None:
+        await incoming.ack()
+        waiting = self._waiting.pop(incoming.correlation_id or "", None)
+        if waiting is None or waiting.done():
+            self.late += 1
+            return
+        waiting.set_result(incoming.body)
+
+    async def ask(self, query: Query, timeout: float = ANSWER_SECONDS) -> list[dict[str, Any]]:
+        """The server's answer rows; ServerUnavailable when none runs or it does not answer."""
+        ident = secrets.token_hex(8)
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[ident] = answer
+        try:
+            try:
+                await self.broker.publish(
+                    addresses.SERVER_RPC,
+                    wire.encode(query),
+                    message_id=f"{self.viewer}:{ident}",
+                    durable=True,
+                    mandatory=True,
+                    reply_to=self.reply,
+                    correlation_id=ident,
+                )
+            except NoSuchTarget:
+                raise ServerUnavailable("no Runlet server is running for this user") from None
+            try:
+                body = await asyncio.wait_for(answer, timeout)
+            except TimeoutError:
+                raise ServerUnavailable(f"the server did not answer in {timeout:.0f} s") from None
+        finally:
+            self._waiting.pop(ident, None)
+        return _rows(body)
 
 
 def render(formatter: Callable[[Any], str], rows: Any) -> str:

@@ -105,16 +105,21 @@ class Client:
 
     # -- watching ----------------------------------------------------------------------------
 
-    async def watch(self, job_id: str, *, fans_out: bool = False) -> Watch:
-        """Bind a private queue to the job's state and output before anything can happen."""
+    async def watch(self, job_id: str, *, fans_out: bool = False, viewer: str = "") -> Watch:
+        """Bind a private queue to the job's state and output before anything can happen.
+
+        `viewer` names the watch when one client holds several on the same job (each of
+        `runlet ui`'s terminal tabs); by default it is the client's own name.
+        """
+        viewer = viewer or self.viewer
         if fans_out:
             keys = tuple(addresses.fanout_pattern(job_id, c) for c in ("state", "output"))
         else:
             keys = (addresses.state_key(job_id), addresses.output_key(job_id))
         name = addresses.job_queue(
-            self.config.user, addresses.parent_job_id(job_id), "view", self.viewer
+            self.config.user, addresses.parent_job_id(job_id), "view", viewer
         )
-        reply = addresses.reply_key(self.viewer, job_id)
+        reply = addresses.reply_key(viewer, job_id)
         keys = (*keys, reply)
         watch = Watch(name, reply)
 
@@ -127,6 +132,10 @@ class Client:
 
         await self.broker.consume(QueueSpec(name, "exclusive", keys, dead_letter=False), on_message)
         return watch
+
+    async def unwatch(self, watch: Watch) -> None:
+        """Stop a watch and delete its queue (a closed terminal tab)."""
+        await self.broker.forget(watch.queue, delete=True)
 
     # -- submitting --------------------------------------------------------------------------
 
