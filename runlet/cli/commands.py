@@ -243,6 +243,24 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return asyncio.run(cancel_job(config, _fleet_key(config), args.job_id, wait=not args.no_wait))
 
 
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (0-65535): {text[:20]!r}")
+    return int(text)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from runlet.ui.serve import check_host, check_role, serve
+
+    config = _config(args)
+    check_role(config)
+    check_host(args.host)
+    key = _fleet_key(config)
+    return asyncio.run(
+        serve(config, key, host=args.host, port=args.port, open_browser=not args.no_browser)
+    )
+
+
 # -- keys and config ----------------------------------------------------------------------
 
 

@@ -7,14 +7,17 @@ Import rules are folder rules. From the bottom up:
     runlet/runtime/    loop, actor base, router, supervisor        + protocol
     runlet/adapters/   broker, ledger db, blob store, PTYs, files  + protocol
     runlet/client/     session, follow, commands, queries, logs    + protocol, adapters
+    runlet/ui/         the desktop manager's web server            + protocol, client
     actors/            one module per actor                        + protocol, runtime, adapters
     runlet/testing/    public fakes of the adapters                + protocol, adapters
     runlet/roots/      daemon, server, admin                       anything; only they import actors
     runlet/cli/        the command line: parser, commands          anything but actors
 
 Besides: actors never import one another; only adapters import aio-pika/aiormq, asyncpg,
-aioboto3/botocore and ptyprocess/pywinpty; only the protocol imports msgpack and PyNaCl; every
-module starts with a docstring.
+aioboto3/botocore and ptyprocess/pywinpty; only the protocol imports msgpack and PyNaCl; only
+runlet/ui imports aiohttp (and the blob store, which translates its client errors); only
+runlet.cli imports runlet/ui (a daemon never loads the web server); every module starts with
+a docstring.
 """
 
 from __future__ import annotations
@@ -155,6 +158,7 @@ LAYERS = (
     "runlet.runtime",
     "runlet.adapters",
     "runlet.client",
+    "runlet.ui",
     "runlet.roots",
     "runlet.testing",
     "runlet.cli",
@@ -166,9 +170,16 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "runlet.adapters": ("runlet.protocol",),
     "runlet.client": ("runlet.protocol", "runlet.adapters"),
     "runlet.testing": ("runlet.protocol", "runlet.adapters"),
+    "runlet.ui": ("runlet.protocol", "runlet.client"),
     "actors": ("runlet.protocol", "runlet.runtime", "runlet.adapters"),
     "runlet.roots": ("runlet.protocol", "runlet.runtime", "runlet.adapters", "actors"),
-    "runlet.cli": ("runlet.protocol", "runlet.adapters", "runlet.client", "runlet.roots"),
+    "runlet.cli": (
+        "runlet.protocol",
+        "runlet.adapters",
+        "runlet.client",
+        "runlet.ui",
+        "runlet.roots",
+    ),
     "runlet.__main__": ("runlet.cli",),
 }
 # outside library -> the only folders (or modules) that may import it
@@ -182,6 +193,7 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "winpty": ("runlet.adapters",),
     "msgpack": ("runlet.protocol",),
     "nacl": ("runlet.protocol",),
+    "aiohttp": ("runlet.ui", "runlet.adapters.blobstore"),  # the store: its client errors
 }
 
 
@@ -247,6 +259,13 @@ def test_each_folder_imports_only_the_layers_below_it(path: Path) -> None:
         ("runlet.errors", "runlet.protocol.wire", False),
         ("runlet.cli", "actors.job_queue", False),
         ("runlet.roots.daemon", "actors.job_queue", True),
+        ("runlet.ui.bridge", "runlet.client.stream", True),
+        ("runlet.ui.app", "runlet.adapters.broker", False),
+        ("runlet.ui.app", "runlet.runtime.loop", False),
+        ("runlet.ui.app", "actors.pty_session", False),
+        ("runlet.client.session", "runlet.ui.app", False),
+        ("runlet.roots.daemon", "runlet.ui.app", False),
+        ("runlet.cli.commands", "runlet.ui.serve", True),
     ],
 )
 def test_the_layer_rule_itself(importer: str, imported: str, ok: bool) -> None:
@@ -287,6 +306,15 @@ def test_outside_libraries_are_imported_only_where_they_belong(path: Path) -> No
     for library, places in LIBRARIES.items():
         if not within(own, places):
             assert touches(names, library) == set(), f"{own} imports {library}"
+
+
+@pytest.mark.parametrize("path", ALL_MODULES, ids=module_name)
+def test_only_the_command_line_loads_the_web_server(path: Path) -> None:
+    """runlet/ui is imported by runlet.cli (the `ui` command) and itself, nothing else."""
+    own = module_name(path)
+    if within(own, ("runlet.ui", "runlet.cli")):
+        return
+    assert touches(imports_of(path), "runlet.ui") == set(), f"{own} imports runlet.ui"
 
 
 def test_broker_gateway_goes_through_the_broker_adapter() -> None:

@@ -1,0 +1,104 @@
+"""What the page's handlers need from the fleet (`FleetPort`), and the real one over the broker.
+
+The handlers ask the server (the ledger) for nodes and jobs, start jobs, and open one `View`
+per terminal tab: a private watch queue on a job's states and output, through which the tab
+asks for replays and types. `LiveFleet` does all of it over one `runlet.client.Client`
+connection; unit tests give the handlers a fake of the same shape, with no network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any, Protocol
+
+from runlet.client.queries import Asker
+from runlet.client.session import Client, Submitted, Watch
+from runlet.protocol.crypto import FleetKey
+from runlet.protocol.messages import Query
+from runlet.protocol.payloads import Control, JobSpec
+
+
+class View(Protocol):
+    """One terminal tab's watch on one job."""
+
+    inbox: asyncio.Queue[object]
+
+    async def replay(self, from_seq: int) -> None:
+        """Ask the node holding the job for its output from `from_seq`, then its state."""
+
+    async def send(self, data: bytes) -> None:
+        """Type `data` into the job."""
+
+    async def control(self, control: Control) -> None:
+        """Resize (or signal) the job."""
+
+    async def close(self) -> None:
+        """Stop watching; idempotent."""
+
+
+class FleetPort(Protocol):
+    """The fleet as the page's handlers see it."""
+
+    key: FleetKey
+    node: str  # this client's node name: the default target
+
+    async def ask(self, query: Query) -> list[dict[str, Any]]:
+        """The server's answer rows (ServerUnavailable, RunletError)."""
+
+    async def submit(
+        self, spec: JobSpec, target: str, *, deadline: float | None, rows: int, cols: int
+    ) -> Submitted:
+        """Send a job (NoSuchTarget when nothing would run it)."""
+
+    async def view(self, job_id: str) -> View:
+        """A new watch on the job, bound before anything is asked."""
+
+
+class LiveView:
+    """A `View` over a client's watch queue."""
+
+    def __init__(self, client: Client, job_id: str, watch: Watch) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.watch = watch
+        self.inbox = watch.inbox
+        self._closed = False
+
+    async def replay(self, from_seq: int) -> None:
+        await self.client.request_replay(self.job_id, self.watch, from_seq)
+
+    async def send(self, data: bytes) -> None:
+        await self.client.send_input(self.job_id, data)
+
+    async def control(self, control: Control) -> None:
+        await self.client.control(self.job_id, control)
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self.client.unwatch(self.watch)
+
+
+class LiveFleet:
+    """The fleet over one client connection: queries through an `Asker`, views as watches."""
+
+    def __init__(self, client: Client, asker: Asker) -> None:
+        self.client = client
+        self.asker = asker
+        self.key = client.key
+        self.node = client.config.node
+        self._tabs = itertools.count(1)
+
+    async def ask(self, query: Query) -> list[dict[str, Any]]:
+        return await self.asker.ask(query)
+
+    async def submit(
+        self, spec: JobSpec, target: str, *, deadline: float | None, rows: int, cols: int
+    ) -> Submitted:
+        return await self.client.submit(spec, target, deadline=deadline, rows=rows, cols=cols)
+
+    async def view(self, job_id: str) -> View:
+        viewer = f"{self.client.viewer}-t{next(self._tabs)}"
+        watch = await self.client.watch(job_id, viewer=viewer)
+        return LiveView(self.client, job_id, watch)
