@@ -15,6 +15,7 @@ from typing import Any
 
 from runlet import __version__, metrics
 from runlet.adapters.journal import Journal
+from runlet.adapters.vitals import VitalsProbe
 from runlet.errors import CryptoError, ProtocolError, StorageError
 from runlet.protocol import addresses, wire
 from runlet.protocol.messages import (
@@ -71,6 +72,7 @@ class JobQueue(Actor):
         self.starting: set[str] = set()  # sessions asked for and not yet reported
         self.log_problems: dict[str, str] = {}  # jobs whose log is incomplete, and why
         self.swept_at = float("-inf")  # when finished jobs were last forgotten
+        self.vitals: VitalsProbe = ctx.services.get("vitals") or VitalsProbe()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -324,6 +326,7 @@ class JobQueue(Actor):
     def _heartbeat(self) -> None:
         """Tell the server this node is alive and what it holds; again and again."""
         counts = self._journal.statistics()
+        vitals = self.vitals.sample()
         beat = NodeHeartbeat(
             self.node,
             self.ctx.clock(),
@@ -332,6 +335,12 @@ class JobQueue(Actor):
             tuple(self.ctx.settings.tags),
             counts.get("running", 0),
             counts.get("queued", 0),
+            vitals.cpu_percent,
+            vitals.mem_used,
+            vitals.mem_total,
+            vitals.load1,
+            vitals.uptime,
+            vitals.temperature,
         )
         self.ctx.router.publish(
             Publish(

@@ -215,10 +215,48 @@ def format_nodes(rows: list[dict[str, Any]]) -> str:
             str(r.get("queued", 0)),
             r.get("platform") or "-",
             ",".join(r.get("tags") or []),
+            *vitals(r),
         ]
         for r in rows
     ]
-    return table(body, ["NODE", "STATUS", "LAST SEEN", "RUNNING", "QUEUED", "PLATFORM", "TAGS"])
+    header = ["NODE", "STATUS", "LAST SEEN", "RUNNING", "QUEUED", "PLATFORM", "TAGS"]
+    return table(body, [*header, "CPU", "MEMORY", "LOAD", "UPTIME", "TEMP"])
+
+
+def vitals(row: dict[str, Any]) -> list[str]:
+    """A node's vitals for people: CPU %, memory used/total, load, uptime, temperature."""
+    cpu, load, temp = row.get("cpu_percent"), row.get("load1"), row.get("temperature")
+    used, total = row.get("mem_used"), row.get("mem_total")
+    memory = f"{size(used)}/{size(total)}" if used is not None and total else "-"
+    return [
+        "-" if cpu is None else f"{cpu:.0f}%",
+        memory,
+        "-" if load is None else f"{load:.2f}",
+        span(row.get("uptime")),
+        "-" if temp is None else f"{temp:.1f}C",
+    ]
+
+
+def size(value: float | None) -> str:
+    """Bytes as people read them: 512M, 3.8G."""
+    if value is None:
+        return "-"
+    for unit in ("", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{value:.0f}{unit}" if unit in ("", "K", "M") else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError  # pragma: no cover - the loop returns at "T"
+
+
+def span(seconds: float | None) -> str:
+    """An uptime as people read it: 3d4h, 5h12m, 7m."""
+    if seconds is None:
+        return "-"
+    days, rest = divmod(int(seconds), 86400)
+    hours, minutes = rest // 3600, rest % 3600 // 60
+    if days:
+        return f"{days}d{hours}h"
+    return f"{hours}h{minutes}m" if hours else f"{minutes}m"
 
 
 def as_json(rows: Any) -> str:

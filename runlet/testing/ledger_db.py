@@ -46,6 +46,7 @@ from runlet.adapters.ledger_port import (
     check_state,
     moment,
     storable,
+    vitals_of,
 )
 from runlet.errors import ClosedError, DatabaseUnavailable, ProtocolError
 from runlet.protocol.messages import JobStateChanged, NodeHeartbeat
@@ -170,7 +171,22 @@ class MemoryLedgerDb:
         platform = storable(beat.platform, MAX_TEXT) or ""
         version = storable(beat.version, MAX_TEXT) or ""
         counts = (max(beat.running, 0), max(beat.queued, 0))
-        row = NodeRow(beat.node, platform, version, tuple(beat.tags), seen, *counts, online=True)
+        cpu, used, total, load, uptime, temperature = vitals_of(beat)
+        row = NodeRow(
+            beat.node,
+            platform,
+            version,
+            tuple(beat.tags),
+            seen,
+            *counts,
+            online=True,
+            cpu_percent=cpu,
+            mem_used=used,
+            mem_total=total,
+            load1=load,
+            uptime=uptime,
+            temperature=temperature,
+        )
         with self._lock:
             self._reach("record_presence")
             self._nodes[user, beat.node] = row

@@ -17,7 +17,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_playwright
+from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_playwright, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from tests.integration.test_server import ServerUnderTest, schema  # noqa: F401 - fixture
 from tests.support import REPO, STARTUP_SECONDS, Fleet, broker_is_up  # noqa: F401 - autouse
@@ -171,3 +172,60 @@ def ui(fleet: Fleet, tmp_path: Path) -> Iterator[UiProcess]:
         yield process
     finally:
         process.stop()
+
+
+async def screen(page: Page, job_id: str) -> str:
+    """The terminal tab's screen as xterm.js holds it, one line per row."""
+    text: str = await page.evaluate("id => window.runletTabs.get(id).screenText()", job_id)
+    return text
+
+
+async def wait_screen(page: Page, job_id: str, text: str, timeout: float = WAIT_MS) -> None:
+    """Until `text` is on the tab's screen; fails showing the screen when it never is."""
+    try:
+        await page.wait_for_function(
+            "([id, text]) => window.runletTabs.get(id)?.screenText().includes(text)",
+            arg=[job_id, text],
+            timeout=timeout,
+        )
+    except PlaywrightTimeout:
+        shown = await screen(page, job_id) if await _has_tab(page, job_id) else "(no tab)"
+        raise AssertionError(
+            f"{text!r} never showed in the tab of {job_id}; screen:\n{shown}"
+        ) from None
+
+
+async def wait_state(page: Page, job_id: str, text: str) -> None:
+    """Until the tab's state badge says `text`."""
+    badge = page.locator(f"section.terminal-view[data-job='{job_id}'] .badge.state")
+    await expect(badge).to_contain_text(text, timeout=WAIT_MS)
+
+
+async def _has_tab(page: Page, job_id: str) -> bool:
+    found: bool = await page.evaluate("id => window.runletTabs.has(id)", job_id)
+    return found
+
+
+async def start_from_form(page: Page, command: str, target: str) -> str:
+    """Fill in and send the Start a job form; the id of the tab that opens for the job."""
+    before = set(await page.evaluate("() => [...window.runletTabs.keys()]"))
+    await page.click("#tab-jobs")
+    await page.fill("#start-command", command)
+    await page.fill("#start-target", target)
+    await page.click("#start-button")
+    await page.wait_for_function(
+        "n => window.runletTabs.size > n", arg=len(before), timeout=WAIT_MS
+    )
+    after = set(await page.evaluate("() => [...window.runletTabs.keys()]"))
+    (job_id,) = after - before
+    return str(job_id)
+
+
+async def open_tab(page: Page, job_id: str, *, read_only: bool) -> None:
+    """Attach (or watch) a running job from the Jobs list."""
+    await page.click("#tab-jobs")
+    button = page.locator(
+        f"#jobs tr[data-job='{job_id}'] button.{'watch' if read_only else 'attach'}"
+    )
+    await button.click(timeout=WAIT_MS)
+    await page.wait_for_function("id => window.runletTabs.has(id)", arg=job_id, timeout=WAIT_MS)

@@ -68,8 +68,8 @@ export function statusText(row) {
 // -- Fleet -----------------------------------------------------------------------------------
 
 function nodeRow(n) {
-  const v = n.vitals || {};
-  const memory = v.mem_total
+  const v = n; // the vitals of its last heartbeat are fields of the row (null: not known)
+  const memory = v.mem_total && v.mem_used !== null && v.mem_used !== undefined
     ? el("span", {}, el("span", { class: "bar" }, el("span", { style: `width:${Math.round(100 * v.mem_used / v.mem_total)}%` })),
         `${bytes(v.mem_used)} / ${bytes(v.mem_total)}`)
     : "-";
@@ -217,7 +217,7 @@ function show(view) {
 function openTab(jobId, readOnly, note = "") {
   if (!tabs.has(jobId)) {
     const button = el("button", { class: "tab", "data-view": `term:${jobId}`, "data-job": jobId },
-      `${readOnly ? "👁 " : ""}${jobId.slice(0, 8)}`);
+      `${readOnly ? "watch " : ""}${jobId.slice(0, 8)}`);
     const close = el("span", { class: "close", title: "close" }, "×");
     close.addEventListener("click", (e) => { e.stopPropagation(); closeTab(jobId); });
     button.append(close);

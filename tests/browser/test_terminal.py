@@ -1,0 +1,130 @@
+"""Live terminals in real Chromium: jobs started from the form, typed into, watched, resized.
+
+The daemon runs in the test process (its PTYs are real), the server and `runlet ui` are real,
+and every key pressed in the page crosses the websocket, the UI process, RabbitMQ and the
+daemon's PTY before its echo comes back the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.browser.conftest import (
+    UiProcess,
+    chromium,
+    open_tab,
+    screen,
+    start_from_form,
+    wait_screen,
+    wait_state,
+)
+from tests.e2e.curses_app import __file__ as CURSES_APP
+from tests.integration.test_server import ServerUnderTest
+from tests.support import Fleet, run
+
+pytestmark = pytest.mark.timeout(300)
+PROMPT = "printf 'Continue? [y/N] '; read a; echo answer=$a; exit 3"
+CURSES = f"{sys.executable} {CURSES_APP}"
+
+
+def test_a_job_from_the_form_answers_a_prompt(
+    fleet: Fleet, server: ServerUnderTest, ui: UiProcess, tmp_path: Path
+) -> None:
+    """Start a job from the form: its tab opens, the prompt shows, y+Enter answer it, and
+    the tab shows the exit status `runlet run` would exit with."""
+    fleet.start_daemon("edge-1", presence=0.5)
+
+    async def scenario() -> None:
+        async with chromium(tmp_path / "screenshots") as pages:
+            page = await pages.open(ui.url)
+            job_id = await start_from_form(page, PROMPT, "edge-1")
+            await wait_screen(page, job_id, "Continue? [y/N]")
+            await page.keyboard.type("y")
+            await page.keyboard.press("Enter")
+            await wait_screen(page, job_id, "answer=y")
+            await wait_state(page, job_id, "status 3")
+            await pages.shot(page, "prompt")
+
+    run(scenario())
+
+
+def test_curses_program_driven_from_the_page(
+    fleet: Fleet, server: ServerUnderTest, ui: UiProcess, tmp_path: Path
+) -> None:
+    """Arrows, F2, a window resize and F10 from the page reach a curses program."""
+    fleet.start_daemon("edge-1", presence=0.5)
+
+    async def scenario() -> None:
+        async with chromium(tmp_path / "screenshots") as pages:
+            page = await pages.open(ui.url)
+            job_id = await start_from_form(page, CURSES, "edge-1")
+            await wait_screen(page, job_id, "> item 1 alpha")
+            rows, cols = await page.evaluate(
+                "id => { const t = window.runletTabs.get(id).term; return [t.rows, t.cols]; }",
+                job_id,
+            )
+            await wait_screen(page, job_id, f"size={rows}x{cols}")
+            await page.keyboard.press("ArrowDown")
+            await page.keyboard.press("ArrowDown")
+            await page.keyboard.press("F2")
+            await wait_screen(page, job_id, "F2 pressed")
+            await wait_screen(page, job_id, "> item 3 charlie")
+            await pages.shot(page, "curses")
+
+            await page.set_viewport_size({"width": 900, "height": 500})
+            await page.wait_for_function(
+                "([id, c]) => window.runletTabs.get(id).term.cols < c", arg=[job_id, cols]
+            )
+            rows, cols = await page.evaluate(
+                "id => { const t = window.runletTabs.get(id).term; return [t.rows, t.cols]; }",
+                job_id,
+            )
+            await wait_screen(page, job_id, f"size={rows}x{cols}")
+            assert "> item 3 charlie" in await screen(page, job_id)
+            await page.keyboard.press("F10")
+            await wait_state(page, job_id, "status 7")
+
+    run(scenario())
+
+
+def test_two_pages_see_the_same_output_and_a_read_only_one_cannot_type(
+    fleet: Fleet, server: ServerUnderTest, ui: UiProcess, tmp_path: Path
+) -> None:
+    """A second page attaches late and sees the screen so far; a read-only page's keys never
+    reach the node, whatever it types; the typing page's keys reach both."""
+    fleet.start_daemon("edge-1", presence=0.5)
+    marker = tmp_path / "typed.txt"
+
+    async def scenario() -> None:
+        async with chromium(tmp_path / "screenshots") as pages:
+            writer = await pages.open(ui.url)
+            # every line the job reads is appended to a file on the node, and echoed
+            command = f'while read line; do echo "got:$line"; echo "$line" >> {marker}; done'
+            job_id = await start_from_form(writer, command, "edge-1")
+            await wait_state(writer, job_id, "running")
+            await writer.keyboard.type("first")
+            await writer.keyboard.press("Enter")
+            await wait_screen(writer, job_id, "got:first")
+
+            watcher = await pages.open(ui.url)
+            await open_tab(watcher, job_id, read_only=True)
+            await wait_screen(watcher, job_id, "got:first")  # late join: the screen so far
+            await watcher.click(f"section.terminal-view[data-job='{job_id}'] .term-host")
+            await watcher.keyboard.type("sneaky")
+            await watcher.keyboard.press("Enter")
+            # force the keys past the page's own guard: the bridge must drop them too
+            await watcher.evaluate(
+                "id => window.runletTabs.get(id).ws.send(new TextEncoder().encode('forced\\r'))",
+                job_id,
+            )
+            await writer.keyboard.type("second")
+            await writer.keyboard.press("Enter")
+            await wait_screen(watcher, job_id, "got:second")
+            await wait_screen(writer, job_id, "got:second")
+            await pages.shot(watcher, "read-only")
+            assert marker.read_text().splitlines() == ["first", "second"]
+
+    run(scenario())
