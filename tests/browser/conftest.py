@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -88,9 +88,19 @@ class Pages:
         self.shots = shots
         self.problems: list[str] = []
 
-    async def open(self, url: str, *, width: int = 1400, height: int = 860) -> Page:
+    async def open(
+        self,
+        url: str,
+        *,
+        width: int = 1400,
+        height: int = 860,
+        setup: Callable[[Page], Awaitable[None]] | None = None,
+    ) -> Page:
+        """A new page at `url`, ready; `setup` runs first (to route its websockets, say)."""
         context = await self.browser.new_context(viewport={"width": width, "height": height})
         page = await context.new_page()
+        if setup is not None:
+            await setup(page)
         page.on("console", self._console)
         page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
         page.on(

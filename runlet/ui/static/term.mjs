@@ -241,6 +241,15 @@ export class TerminalTab {
     return lines.join("\n");
   }
 
+  allText() {
+    const buffer = this.term.buffer.active;
+    const lines = [];
+    for (let y = 0; y < buffer.length; y++) {
+      lines.push(buffer.getLine(y)?.translateToString(true) ?? "");
+    }
+    return lines.join("\n");
+  }
+
   dispose() {
     this.closed = true;
     this.resizer.disconnect();
