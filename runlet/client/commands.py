@@ -236,11 +236,21 @@ def unescape(text: str) -> bytes:
     return bytes(out)
 
 
+def local_log_path(config: Config, job_id: str) -> Path:
+    """Where this device keeps a job's log: its own vault's copy, or one fetched before."""
+    vault_copy = config.data_dir / "vault" / f"{job_id}.rlog"
+    return vault_copy if vault_copy.exists() else config.data_dir / "logs" / f"{job_id}.rlog"
+
+
+async def stored_log(config: Config, job_id: str, *, node: str | None = None) -> Path | None:
+    """A finished copy of the job's log here (fetched by the sync rule), or None: ask the nodes."""
+    return await _stored_log(config, job_id, local_log_path(config, job_id), node=node)
+
+
 async def logs_job(config: Config, key: FleetKey, args: argparse.Namespace) -> int:
     """`runlet logs`: a finished job's log through the reconciler, a running one from its node."""
     job_id = _job_id(args.job_id)
-    vault_copy = config.data_dir / "vault" / f"{job_id}.rlog"
-    local = vault_copy if vault_copy.exists() else config.data_dir / "logs" / f"{job_id}.rlog"
+    local = local_log_path(config, job_id)
     path = await _stored_log(config, job_id, local, node=args.node)
     if path is not None:
         return _print_log(path, job_id, key, args)

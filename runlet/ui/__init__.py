@@ -10,6 +10,7 @@ still see nothing but ciphertext.
     fleet     the port the handlers use (`FleetPort`, `View`) and its real implementation over
               `runlet.client` (session, queries)
     api       the JSON routes: nodes, jobs, one job, start a job
+    logs      a finished job's log, verified chunk by chunk, for playback
     bridge    one terminal tab's websocket: a job's output out, keystrokes and resizes in
     app       the aiohttp application: routes, middlewares, static files
     serve     `runlet ui`: bind 127.0.0.1, print or open the URL, run until interrupted

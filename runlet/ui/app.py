@@ -6,6 +6,7 @@
     GET  /api/jobs          the jobs list (node, state, since, limit)
     GET  /api/jobs/{id}     one job and its state history
     POST /api/jobs          start a job
+    GET  /api/logs/{id}     a finished job's log, verified, with each chunk's time
     GET  /ws                a terminal tab (websocket)
 
 Every request passes the guard first (`runlet.ui.guard`). Bodies over 64 KiB are refused
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from runlet.ui import api, bridge
+from runlet.ui import api, bridge, logs
 from runlet.ui.fleet import FleetPort
 from runlet.ui.guard import Guard, Handler
 
@@ -62,6 +63,7 @@ def make_app(fleet: FleetPort, guard: Guard) -> web.Application:
     app.router.add_get("/api/jobs", api.jobs)
     app.router.add_get("/api/jobs/{job_id}", api.job)
     app.router.add_post("/api/jobs", api.start)
+    app.router.add_get("/api/logs/{job_id}", logs.log)
     app.router.add_get("/ws", terminal)
     app.router.add_static("/static/", STATIC, follow_symlinks=False, show_index=False)
     return app

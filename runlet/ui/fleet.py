@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from pathlib import Path
 from typing import Any, Protocol
 
+from runlet.client.commands import stored_log
 from runlet.client.queries import Asker
 from runlet.client.session import Client, Submitted, Watch
 from runlet.protocol.crypto import FleetKey
@@ -53,6 +55,9 @@ class FleetPort(Protocol):
 
     async def view(self, job_id: str) -> View:
         """A new watch on the job, bound before anything is asked."""
+
+    async def stored_log(self, job_id: str) -> Path | None:
+        """A finished copy of the job's log on this device (fetched if need be), or None."""
 
 
 class LiveView:
@@ -97,6 +102,9 @@ class LiveFleet:
         self, spec: JobSpec, target: str, *, deadline: float | None, rows: int, cols: int
     ) -> Submitted:
         return await self.client.submit(spec, target, deadline=deadline, rows=rows, cols=cols)
+
+    async def stored_log(self, job_id: str) -> Path | None:
+        return await stored_log(self.client.config, job_id)
 
     async def view(self, job_id: str) -> View:
         viewer = f"{self.client.viewer}-t{next(self._tabs)}"

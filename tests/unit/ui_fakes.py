@@ -14,13 +14,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
 from runlet.adapters.logfile import seal_output
 from runlet.client.session import Submitted
-from runlet.errors import NoSuchTarget, RunletError, ServerUnavailable
+from runlet.errors import BlobStoreUnavailable, NoSuchTarget, RunletError, ServerUnavailable
 from runlet.protocol.crypto import FleetKey
 from runlet.protocol.messages import JobStateChanged, OutputChunk, Query
 from runlet.protocol.payloads import Control, JobSpec
@@ -90,6 +91,8 @@ class FakeFleet:
     started: list[tuple[JobSpec, str, float | None, int, int]] = field(default_factory=list)
     views: list[FakeView] = field(default_factory=list)
     viewed: asyncio.Event = field(default_factory=asyncio.Event)
+    log_path: Path | None = None  # what stored_log finds
+    store_down: bool = False
 
     async def ask(self, query: Query) -> list[dict[str, Any]]:
         self.queries.append(query)
@@ -117,6 +120,11 @@ class FakeFleet:
         self.views.append(view)
         self.viewed.set()
         return view
+
+    async def stored_log(self, job_id: str) -> Path | None:
+        if self.store_down:
+            raise BlobStoreUnavailable("the object store did not answer")
+        return self.log_path
 
     def chunk(self, seq: int, data: bytes, *, final: bool = False) -> OutputChunk:
         """Output chunk `seq` of JOB, sealed as the node seals it."""

@@ -4,6 +4,7 @@
 import { TerminalTab } from "/static/term.mjs";
 
 const POLL_MS = 2000;
+const ENDED = new Set(["exited", "killed", "timed_out", "cancelled", "interrupted", "lost"]);
 const $ = (id) => document.getElementById(id);
 const tabs = new Map(); // job id -> TerminalTab
 window.runletTabs = tabs; // for the browser tests: read a tab's xterm buffer
@@ -120,7 +121,8 @@ function jobRow(j) {
     el("td", {}, when(j.ended_at)),
     el("td", {},
       live ? el("button", { class: "attach", onclick: () => openTab(j.job_id, false) }, "Attach") : null,
-      live ? el("button", { class: "watch", onclick: () => openTab(j.job_id, true) }, "Watch") : null),
+      live ? el("button", { class: "watch", onclick: () => openTab(j.job_id, true) }, "Watch") : null,
+      ENDED.has(j.state) ? el("button", { class: "log", onclick: () => openTab(j.job_id, true, "", true) }, "Log") : null),
   );
 }
 
@@ -214,16 +216,16 @@ function show(view) {
   for (const [id, tab] of tabs) tab.show(view === `term:${id}`);
 }
 
-function openTab(jobId, readOnly, note = "") {
+function openTab(jobId, readOnly, note = "", log = false) {
   if (!tabs.has(jobId)) {
     const button = el("button", { class: "tab", "data-view": `term:${jobId}`, "data-job": jobId },
-      `${readOnly ? "watch " : ""}${jobId.slice(0, 8)}`);
+      `${log ? "log " : readOnly ? "watch " : ""}${jobId.slice(0, 8)}`);
     const close = el("span", { class: "close", title: "close" }, "×");
     close.addEventListener("click", (e) => { e.stopPropagation(); closeTab(jobId); });
     button.append(close);
     button.addEventListener("click", () => show(`term:${jobId}`));
     $("tabs").append(button);
-    tabs.set(jobId, new TerminalTab($("terminals"), jobId, { readOnly, note, button }));
+    tabs.set(jobId, new TerminalTab($("terminals"), jobId, { readOnly, note, button, log }));
   }
   show(`term:${jobId}`);
 }

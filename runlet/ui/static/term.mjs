@@ -32,7 +32,7 @@ export class TerminalTab {
       cols: Math.min(1000, Math.max(20, Math.floor(width / (size * 0.6)))) };
   }
 
-  constructor(container, jobId, { readOnly = false, note = "", button = null } = {}) {
+  constructor(container, jobId, { readOnly = false, note = "", button = null, log = false } = {}) {
     this.jobId = jobId;
     this.readOnly = readOnly;
     this.button = button;
@@ -45,7 +45,8 @@ export class TerminalTab {
     this.received = 0;
     this.ctrl = false;
     this.build(container, note);
-    this.connect();
+    if (log) this.loadLog();
+    else this.connect();
   }
 
   build(container, note) {
@@ -56,8 +57,9 @@ export class TerminalTab {
     this.stateBadge = node("span", "badge state", note || "connecting");
     this.latency = node("span", "badge latency", "– ms");
     this.latency.title = "input round trip: a key typed until its echo is back";
-    bar.append(this.title, this.stateBadge, this.latency);
+    bar.append(this.title, this.stateBadge);
     if (this.readOnly) bar.append(node("span", "badge ro", "read-only"));
+    else bar.append(this.latency);
     this.searchBox = node("input", "search");
     this.searchBox.placeholder = "search scrollback";
     this.searchBox.addEventListener("keydown", (e) => {
@@ -66,7 +68,22 @@ export class TerminalTab {
     const capture = node("button", "capture-keys", "Capture keys");
     capture.title = "fullscreen: Ctrl-W and friends go to the job (Esc Esc leaves)";
     capture.addEventListener("click", () => this.capture(true));
-    bar.append(this.searchBox, capture);
+    bar.append(this.searchBox);
+    if (!this.readOnly) bar.append(capture);
+    this.banner = node("div", "banner");
+    this.banner.hidden = true;
+    this.player = node("div", "player");
+    this.player.hidden = true;
+    const speed = node("select", "speed");
+    for (const [label, value] of [["at once", 0], ["real time", 1], ["2×", 2], ["5×", 5], ["20×", 20]]) {
+      const option = node("option", "", label);
+      option.value = String(value);
+      speed.append(option);
+    }
+    const replay = node("button", "replay", "Play");
+    replay.addEventListener("click", () => this.play(Number(speed.value)));
+    this.player.append(node("span", "muted", "playback"), speed, replay);
+    bar.append(this.player);
     this.host = node("div", "term-host");
     const keybar = node("div", "keybar");
     for (const [label, seq] of Object.entries(KEYS)) {
@@ -77,7 +94,7 @@ export class TerminalTab {
     const ctrl = node("button", "", "Ctrl");
     ctrl.addEventListener("click", () => { this.ctrl = !this.ctrl; ctrl.classList.toggle("active", this.ctrl); this.term.focus(); });
     keybar.append(ctrl);
-    this.root.append(bar, this.host, keybar);
+    this.root.append(bar, this.banner, this.host, keybar);
     container.append(this.root);
 
     this.term = new Terminal({
@@ -117,6 +134,48 @@ export class TerminalTab {
   show(visible) {
     this.root.hidden = !visible;
     if (visible) { this.refit(); this.term.focus(); }
+  }
+
+  // -- a finished job's log ------------------------------------------------------------------
+
+  async loadLog() {
+    this.stateBadge.textContent = "loading the log";
+    const response = await fetch(`/api/logs/${encodeURIComponent(this.jobId)}`, { credentials: "same-origin" });
+    const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+    if (response.ok && !body.stored) {
+      this.stateBadge.textContent = "no stored copy: replaying from its node";
+      this.connect(); // the node that ran it still holds it in its vault
+      return;
+    }
+    if (!response.ok) {
+      this.stateBadge.textContent = body.error;
+      this.stateBadge.classList.add("bad");
+      return;
+    }
+    this.log = body;
+    this.stateBadge.textContent = `log · ${body.chunks.length} chunks · ${body.intact ? "verified" : "damaged"}`;
+    if (body.problems.length) {
+      this.banner.replaceChildren(...body.problems.map((p) => node("div", "", p)));
+      this.banner.hidden = false;
+    }
+    this.player.hidden = false;
+    this.play(0);
+  }
+
+  async play(speed) {
+    const run = (this.playing = {});
+    this.term.reset();
+    let last = null;
+    for (const [, t, data] of this.log.chunks) {
+      if (speed > 0 && last !== null) {
+        const pause = Math.min(Math.max(0, (t - last) / speed), 2) * 1000;
+        if (pause > 0) await new Promise((r) => setTimeout(r, pause));
+        if (this.playing !== run) return; // another play started, or the tab closed
+      }
+      last = t;
+      this.term.write(Uint8Array.from(atob(data), (c) => c.charCodeAt(0)));
+    }
+    this.stateBadge.dataset.played = String(speed);
   }
 
   // -- the connection ------------------------------------------------------------------------
@@ -252,6 +311,7 @@ export class TerminalTab {
 
   dispose() {
     this.closed = true;
+    this.playing = null;
     this.resizer.disconnect();
     this.ws?.close();
     this.term.dispose();
