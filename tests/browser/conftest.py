@@ -20,6 +20,7 @@ import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_playwright, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
+from tests.e2e.conftest import Terminals
 from tests.integration.test_server import ServerUnderTest, schema  # noqa: F401 - fixture
 from tests.support import REPO, STARTUP_SECONDS, Fleet, broker_is_up  # noqa: F401 - autouse
 
@@ -173,6 +174,16 @@ def server(fleet: Fleet, schema: str) -> Iterator[ServerUnderTest]:  # noqa: F81
         yield under_test
     finally:
         under_test.stop()
+
+
+@pytest.fixture
+def terminals() -> Iterator[Terminals]:
+    """`terminals(CONFIG, ARGS...)`: `runlet` in a real pseudo-terminal (a CLI viewer)."""
+    opened = Terminals()
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from tests.browser.conftest import (
     wait_screen,
     wait_state,
 )
+from tests.e2e.conftest import Terminals
 from tests.e2e.curses_app import __file__ as CURSES_APP
 from tests.integration.test_server import ServerUnderTest
 from tests.support import Fleet, run
@@ -52,10 +53,12 @@ def test_a_job_from_the_form_answers_a_prompt(
 
 
 def test_curses_program_driven_from_the_page(
-    fleet: Fleet, server: ServerUnderTest, ui: UiProcess, tmp_path: Path
+    fleet: Fleet, server: ServerUnderTest, ui: UiProcess, tmp_path: Path, terminals: Terminals
 ) -> None:
-    """Arrows, F2, a window resize and F10 from the page reach a curses program."""
+    """Arrows, F2, a window resize and F10 from the page reach a curses program; a CLI
+    viewer's pyte screen and the page's xterm.js screen are the same."""
     fleet.start_daemon("edge-1", presence=0.5)
+    client = fleet.config_file("watcher", role="client")
 
     async def scenario() -> None:
         async with chromium(tmp_path / "screenshots") as pages:
@@ -73,6 +76,14 @@ def test_curses_program_driven_from_the_page(
             await wait_screen(page, job_id, "F2 pressed")
             await wait_screen(page, job_id, "> item 3 charlie")
             await pages.shot(page, "curses")
+            # a CLI viewer of the same size sees the very same screen (pyte against xterm.js)
+            viewer = terminals(client, "attach", "--read-only", job_id, rows=rows, cols=cols)
+            viewer.wait_until(
+                lambda: "> item 3 charlie" in viewer.lines(), "the CLI viewer's screen"
+            )
+            browser_lines = [line.rstrip() for line in (await screen(page, job_id)).split("\n")]
+            assert viewer.lines() == browser_lines
+            viewer.close()
 
             await page.set_viewport_size({"width": 900, "height": 500})
             await page.wait_for_function(
@@ -91,10 +102,10 @@ def test_curses_program_driven_from_the_page(
 
 
 def test_two_pages_see_the_same_output_and_a_read_only_one_cannot_type(
-    fleet: Fleet, server: ServerUnderTest, ui: UiProcess, tmp_path: Path
+    fleet: Fleet, server: ServerUnderTest, ui: UiProcess, tmp_path: Path, terminals: Terminals
 ) -> None:
     """A second page attaches late and sees the screen so far; a read-only page's keys never
-    reach the node, whatever it types; the typing page's keys reach both."""
+    reach the node, whatever it types; the typing page's keys reach both, and a CLI viewer."""
     fleet.start_daemon("edge-1", presence=0.5)
     marker = tmp_path / "typed.txt"
 
@@ -120,10 +131,15 @@ def test_two_pages_see_the_same_output_and_a_read_only_one_cannot_type(
                 "id => window.runletTabs.get(id).ws.send(new TextEncoder().encode('forced\\r'))",
                 job_id,
             )
+            cli = terminals(
+                fleet.config_file("watcher", role="client"), "attach", "--read-only", job_id
+            )
+            cli.wait_text("got:first")
             await writer.keyboard.type("second")
             await writer.keyboard.press("Enter")
             await wait_screen(watcher, job_id, "got:second")
             await wait_screen(writer, job_id, "got:second")
+            cli.wait_text("got:second")
             await pages.shot(watcher, "read-only")
             assert marker.read_text().splitlines() == ["first", "second"]
 

@@ -63,3 +63,20 @@ def test_a_port_in_use_is_refused_at_once(
         port = taken.getsockname()[1]
         assert main(["-c", config, "ui", "--no-browser", "--port", str(port)]) == 64
     assert "cannot listen" in capsys.readouterr().err
+
+
+def test_the_daemon_and_the_command_line_do_not_load_the_web_server() -> None:
+    """Starting runlet (any command but ui) or a daemon loads neither runlet.ui nor aiohttp's
+    web server: the daemon's memory is untouched by the desktop manager."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, runlet.cli, runlet.roots.daemon, runlet.roots.server;"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('runlet.ui', 'aiohttp.web')));"
+        "print(loaded)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"

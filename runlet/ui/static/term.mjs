@@ -91,9 +91,13 @@ export class TerminalTab {
       key.addEventListener("click", () => { this.type(seq); this.term.focus(); });
       keybar.append(key);
     }
-    const ctrl = node("button", "", "Ctrl");
-    ctrl.addEventListener("click", () => { this.ctrl = !this.ctrl; ctrl.classList.toggle("active", this.ctrl); this.term.focus(); });
-    keybar.append(ctrl);
+    this.ctrlKey = node("button", "", "Ctrl");
+    this.ctrlKey.addEventListener("click", () => {
+      this.ctrl = !this.ctrl;
+      this.ctrlKey.classList.toggle("active", this.ctrl);
+      this.term.focus();
+    });
+    keybar.append(this.ctrlKey);
     this.root.append(bar, this.banner, this.host, keybar);
     container.append(this.root);
 
@@ -248,6 +252,7 @@ export class TerminalTab {
 
   ctrlOf(data) {
     this.ctrl = false;
+    this.ctrlKey.classList.remove("active");
     const code = data.toUpperCase().charCodeAt(0);
     return code >= 64 && code < 96 ? String.fromCharCode(code - 64) : data;
   }
