@@ -51,6 +51,7 @@ class JobStream:
         self.state: State | None = None
         self.state_seq = -1
         self.found = False
+        self.replayed_to: int | None = None  # the next live chunk's seq, once a replay ended
         self.saw_running = False
         self.asked_at = time.monotonic()
 
@@ -80,6 +81,7 @@ class JobStream:
                 )
             case ReplayFinished(job_id=job_id) if job_id == self.job_id:
                 self.found = True
+                self.replayed_to = msg.next_seq
                 if self.state is not None and self.state.ended:
                     return [], None
                 return [], self._set(State(msg.state, msg.node, msg.exit_code, msg.signal))
