@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from runlet.adapters.broker import Broker, Incoming, QueueSpec
+from runlet.adapters.broker_port import BrokerPort
 from runlet.config import Config
 from runlet.errors import NoSuchTarget, ProtocolError, RunletError, ServerUnavailable
 from runlet.protocol import addresses, wire
@@ -104,7 +105,7 @@ class Asker:
     an answer that comes after its question gave up is dropped, never taken for another's.
     """
 
-    def __init__(self, broker: Broker, user: str, node: str) -> None:
+    def __init__(self, broker: BrokerPort, user: str, node: str) -> None:
         self.broker = broker
         self.viewer = f"{node[:40]}-a{secrets.token_hex(4)}"
         self.reply = addresses.reply_key(self.viewer, "0" * 32)

@@ -16,7 +16,8 @@ what protects the job. To the page: binary output frames, each `len(job_id)` (1 
 id, the chunk's sequence number (8 bytes, big-endian) and its plaintext; JSON frames
 `attached`, `state` (with the shell-style `status` once it ended) and `error`. A frame the page
 should never send (not JSON, an unknown type, a bad size, an attach that is not first) closes
-the socket with code 4400 and says why.
+the socket with code 4400 and says why. Once the job's end and its last chunk are shown, the
+bridge closes the socket (1000) and the watch.
 """
 
 from __future__ import annotations
@@ -197,6 +198,8 @@ class Tab:
                     await self.ws.send_json(state_frame(state))
                     if state.state == "running" and self.size is not None:
                         await view.control(self.size)
+            if self.stream.complete:
+                return  # the end and every chunk are shown: the watch is no longer needed
             if self.stream.replay_due():
                 self.stream.asked()
                 await view.replay(self.stream.next_seq)

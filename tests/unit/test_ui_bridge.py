@@ -300,3 +300,23 @@ def test_closing_the_tab_closes_its_watch() -> None:
             await asyncio.wait_for(view.closed.wait(), WAIT)
 
     run(scenario())
+
+
+def test_the_tab_closes_once_the_end_and_the_last_chunk_are_shown() -> None:
+    """exited and the FINAL chunk: the socket closes normally (1000) and so does the watch."""
+
+    async def scenario() -> None:
+        async with page() as p:
+            ws, view = await _attach(p)
+            view.inbox.put_nowait(state("running", 1))
+            view.inbox.put_nowait(p.fleet.chunk(0, b"bye", final=True))
+            view.inbox.put_nowait(state("exited", 2, exit_code=0))
+            got = [await _next(ws) for _ in range(3)]
+            assert got[1] == (JOB, 0, b"bye")
+            assert got[2]["status"] == 0
+            closing = await ws.receive(timeout=WAIT)
+            assert closing.type == WSMsgType.CLOSE
+            assert ws.close_code == 1000
+            await asyncio.wait_for(view.closed.wait(), WAIT)
+
+    run(scenario())
