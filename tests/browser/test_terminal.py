@@ -144,3 +144,39 @@ def test_two_pages_see_the_same_output_and_a_read_only_one_cannot_type(
             assert marker.read_text().splitlines() == ["first", "second"]
 
     run(scenario())
+
+
+def test_the_form_passes_env_cwd_and_the_clipboard_works(
+    fleet: Fleet, server: ServerUnderTest, ui: UiProcess, tmp_path: Path
+) -> None:
+    """Environment and working folder from the form reach the job; Ctrl+Shift+C copies the
+    selection, Ctrl+Shift+V and Shift+Insert paste into the job."""
+    fleet.start_daemon("edge-1", presence=0.5)
+    folder = tmp_path / "work here"
+    folder.mkdir()
+
+    async def scenario() -> None:
+        async with chromium(tmp_path / "screenshots") as pages:
+            page = await pages.open(ui.url)
+            await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+            await page.click("#tab-jobs")
+            await page.fill("#start-env", "GREETING=hello from the form\nEMPTY=")
+            await page.fill("#start-cwd", str(folder))
+            job_id = await start_from_form(page, 'echo "$GREETING"; pwd; cat', "edge-1")
+            await wait_screen(page, job_id, "hello from the form")
+            await wait_screen(page, job_id, str(folder))
+            await wait_state(page, job_id, "running")
+
+            await page.evaluate("id => window.runletTabs.get(id).term.selectAll()", job_id)
+            await page.keyboard.press("Control+Shift+C")
+            copied = await page.evaluate("() => navigator.clipboard.readText()")
+            assert "hello from the form" in copied
+
+            await page.evaluate("() => navigator.clipboard.writeText('pasted-once\\r')")
+            await page.keyboard.press("Control+Shift+V")
+            await wait_screen(page, job_id, "pasted-once")
+            await page.evaluate("() => navigator.clipboard.writeText('pasted-twice\\r')")
+            await page.keyboard.press("Shift+Insert")
+            await wait_screen(page, job_id, "pasted-twice")
+
+    run(scenario())
