@@ -93,6 +93,11 @@ async def _detached(watch: Watch, submitted: Submitted, *, json_out: bool) -> in
     return 0
 
 
+async def discover(watch: Watch, job_id: str) -> list[str]:
+    """The ids of a fanned-out job's executions heard of within DISCOVERY_SECONDS."""
+    return await _discover(watch, job_id)
+
+
 async def _discover(watch: Watch, job_id: str) -> list[str]:
     end = time.monotonic() + DISCOVERY_SECONDS
     seen: list[str] = []

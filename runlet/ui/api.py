@@ -187,7 +187,10 @@ async def _json_body(request: web.Request) -> object:
 
 
 async def start(request: web.Request) -> web.Response:
-    """POST /api/jobs: start a job; 201 with its id (the page then opens its terminal)."""
+    """POST /api/jobs: start a job; 201 with its id (the page then opens its terminal).
+
+    A job for `all` or `tag:T` answers once its executions had two seconds to be heard of,
+    with their ids (`JOB.NODE`), so the page opens one tab each."""
     body = await _json_body(request)
     if isinstance(body, web.Response):
         return body
@@ -202,10 +205,12 @@ async def start(request: web.Request) -> web.Response:
         return _error(404, str(exc))
     except RunletError as exc:
         return _error(503, str(exc))
+    children = await fleet.children(sent) if sent.fans_out else []
     reply = {
         "job_id": sent.job_id,
         "target": sent.target,
         "fans_out": sent.fans_out,
+        "children": children,
         "offline": sent.offline,
     }
     return web.json_response(reply, status=201)

@@ -13,11 +13,12 @@ import itertools
 from pathlib import Path
 from typing import Any, Protocol
 
-from runlet.client.commands import stored_log
+from runlet.client.commands import discover, stored_log
 from runlet.client.queries import Asker
 from runlet.client.session import Client, Submitted, Watch
+from runlet.protocol.addresses import new_job_id
 from runlet.protocol.crypto import FleetKey
-from runlet.protocol.messages import Query
+from runlet.protocol.messages import Query, parse_target
 from runlet.protocol.payloads import Control, JobSpec
 
 
@@ -52,6 +53,9 @@ class FleetPort(Protocol):
         self, spec: JobSpec, target: str, *, deadline: float | None, rows: int, cols: int
     ) -> Submitted:
         """Send a job (NoSuchTarget when nothing would run it)."""
+
+    async def children(self, submitted: Submitted) -> list[str]:
+        """A fanned-out job's executions (`JOB.NODE`) heard of in the first seconds."""
 
     async def view(self, job_id: str) -> View:
         """A new watch on the job, bound before anything is asked."""
@@ -94,6 +98,7 @@ class LiveFleet:
         self.key = client.key
         self.node = client.config.node
         self._tabs = itertools.count(1)
+        self._fanouts: dict[str, Watch] = {}  # fanned-out jobs being discovered
 
     async def ask(self, query: Query) -> list[dict[str, Any]]:
         return await self.asker.ask(query)
@@ -101,7 +106,32 @@ class LiveFleet:
     async def submit(
         self, spec: JobSpec, target: str, *, deadline: float | None, rows: int, cols: int
     ) -> Submitted:
-        return await self.client.submit(spec, target, deadline=deadline, rows=rows, cols=cols)
+        job_id = new_job_id()
+        fans_out = parse_target(target)[0] in ("all", "tag")
+        if fans_out:  # bound before the job leaves: no execution's first state is missed
+            viewer = f"{self.client.viewer}-f{next(self._tabs)}"
+            self._fanouts[job_id] = await self.client.watch(job_id, fans_out=True, viewer=viewer)
+        try:
+            return await self.client.submit(
+                spec, target, job_id=job_id, deadline=deadline, rows=rows, cols=cols
+            )
+        except BaseException:
+            await self._forget(job_id)
+            raise
+
+    async def children(self, submitted: Submitted) -> list[str]:
+        watch = self._fanouts.get(submitted.job_id)
+        if watch is None:
+            return []
+        try:
+            return await discover(watch, submitted.job_id)
+        finally:
+            await self._forget(submitted.job_id)
+
+    async def _forget(self, job_id: str) -> None:
+        watch = self._fanouts.pop(job_id, None)
+        if watch is not None:
+            await self.client.unwatch(watch)
 
     async def stored_log(self, job_id: str) -> Path | None:
         return await stored_log(self.client.config, job_id)

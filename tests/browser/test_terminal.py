@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser.conftest import (
+    WAIT_MS,
     UiProcess,
     chromium,
     open_tab,
@@ -178,5 +179,31 @@ def test_the_form_passes_env_cwd_and_the_clipboard_works(
             await page.evaluate("() => navigator.clipboard.writeText('pasted-twice\\r')")
             await page.keyboard.press("Shift+Insert")
             await wait_screen(page, job_id, "pasted-twice")
+
+    run(scenario())
+
+
+def test_a_job_for_all_nodes_opens_a_tab_per_node(
+    fleet: Fleet, server: ServerUnderTest, ui: UiProcess, tmp_path: Path
+) -> None:
+    """`all` from the form: one tab per node's execution, each with that node's output."""
+    fleet.start_daemon("edge-1", presence=0.5)
+    fleet.start_daemon("edge-2", presence=0.5)
+
+    async def scenario() -> None:
+        async with chromium(tmp_path / "screenshots") as pages:
+            page = await pages.open(ui.url)
+            await page.click("#tab-jobs")
+            await page.fill("#start-command", "echo ran-on-$RUNLET_TEST_NODE")
+            await page.fill("#start-target", "all")
+            await page.fill("#start-env", "RUNLET_TEST_NODE=x")
+            await page.click("#start-button")
+            await page.wait_for_function("() => window.runletTabs.size === 2", timeout=WAIT_MS)
+            ids = sorted(await page.evaluate("() => [...window.runletTabs.keys()]"))
+            assert [i.rsplit(".", 1)[1] for i in ids] == ["edge-1", "edge-2"]
+            for job_id in ids:
+                await page.click(f"#tabs button[data-job='{job_id}']")
+                await wait_screen(page, job_id, "ran-on-x")
+                await wait_state(page, job_id, "status 0")
 
     run(scenario())

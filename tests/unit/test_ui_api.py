@@ -258,3 +258,17 @@ def test_get_never_starts_a_job() -> None:
             assert p.fleet.started == []
 
     run(scenario())
+
+
+def test_a_fanned_out_job_answers_with_its_executions() -> None:
+    """`all`: the answer lists each node's execution id, so the page opens a tab for each."""
+
+    async def scenario() -> None:
+        async with page() as p:
+            response = await _post(p, b'{"command": "uptime", "target": "all"}')
+            assert response.status == 201
+            body = await response.json()
+            assert body["fans_out"] is True
+            assert body["children"] == [f"{JOB}.edge-1", f"{JOB}.edge-2"]
+
+    run(scenario())

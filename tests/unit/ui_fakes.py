@@ -113,7 +113,10 @@ class FakeFleet:
         if target == "node:ghost":
             raise NoSuchTarget(target)
         self.started.append((spec, target, deadline, rows, cols))
-        return Submitted(JOB, target, fans_out=False, offline=False)
+        return Submitted(JOB, target, fans_out=target in ("all",), offline=False)
+
+    async def children(self, submitted: Submitted) -> list[str]:
+        return [f"{submitted.job_id}.edge-1", f"{submitted.job_id}.edge-2"]
 
     async def view(self, job_id: str) -> FakeView:
         view = FakeView()

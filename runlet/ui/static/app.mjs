@@ -198,6 +198,7 @@ async function startJob(event) {
     const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
     if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
     if (!body.fans_out) openTab(body.job_id, false, body.offline ? "offline: waiting in its queue" : "");
+    for (const child of body.children || []) openTab(child, false);
     refreshJobs();
   } catch (err) {
     error.textContent = err.message;
