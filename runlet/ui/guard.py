@@ -54,6 +54,7 @@ class Guard:
     """The token, the port and the names the page may be reached by."""
 
     port: int
+    address: str = "127.0.0.1"  # the loopback address listened on (127.0.0.2, ::1, ...)
     token: str = field(default_factory=lambda: secrets.token_urlsafe(TOKEN_BYTES))
 
     @property
@@ -61,15 +62,19 @@ class Guard:
         return f"runlet_ui_{self.port}"
 
     @property
+    def host(self) -> str:
+        return f"[{self.address}]" if ":" in self.address else self.address
+
+    @property
     def hosts(self) -> frozenset[str]:
-        return frozenset(f"{name}:{self.port}" for name in LOOPBACK_NAMES)
+        return frozenset(f"{name}:{self.port}" for name in (*LOOPBACK_NAMES, self.host))
 
     @property
     def origins(self) -> frozenset[str]:
         return frozenset(f"http://{host}" for host in self.hosts)
 
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/?token={self.token}"
+        return f"http://{self.host}:{self.port}/?token={self.token}"
 
     def token_ok(self, shown: str | None) -> bool:
         if not shown or len(shown) > 256:

@@ -56,12 +56,13 @@ def check_role(config: Config) -> None:
 
 async def serve(config: Config, key: FleetKey, *, host: str, port: int, open_browser: bool) -> int:
     check_role(config)
-    sock = listen(check_host(host), port)  # before the broker: a port in use fails at once
+    address = check_host(host)
+    sock = listen(address, port)  # before the broker: a port in use fails at once
     try:
         async with Client(config, key) as client:
             asker = Asker(client.broker, config.user, config.node)
             await asker.start()
-            guard = Guard(int(sock.getsockname()[1]))
+            guard = Guard(int(sock.getsockname()[1]), address)
             runner = web.AppRunner(
                 make_app(LiveFleet(client, asker), guard), handle_signals=False, access_log=None
             )

@@ -15,6 +15,19 @@ from tests.support import run
 from tests.unit.ui_fakes import page
 
 
+@pytest.mark.parametrize(
+    ("address", "url_host"),
+    [("127.0.0.1", "127.0.0.1"), ("127.0.0.2", "127.0.0.2"), ("::1", "[::1]")],
+)
+def test_the_url_names_the_address_listened_on(address: str, url_host: str) -> None:
+    """Another loopback address or IPv6: the URL and the Host allowlist name it."""
+    guard = Guard(8765, address)
+    assert guard.url().startswith(f"http://{url_host}:8765/?token=")
+    assert f"{url_host}:8765" in guard.hosts
+    assert "localhost:8765" in guard.hosts
+    assert f"http://{url_host}:8765" in guard.origins
+
+
 def test_the_token_is_long_and_new_each_launch() -> None:
     """32 random bytes, URL-safe, different for every launch; the URL is on loopback."""
     first, second = Guard(8765), Guard(8765)
