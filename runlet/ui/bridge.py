@@ -16,8 +16,9 @@ what protects the job. To the page: binary output frames, each `len(job_id)` (1 
 id, the chunk's sequence number (8 bytes, big-endian) and its plaintext; JSON frames
 `attached`, `state` (with the shell-style `status` once it ended) and `error`. A frame the page
 should never send (not JSON, an unknown type, a bad size, an attach that is not first) closes
-the socket with code 4400 and says why. Once the job's end and its last chunk are shown, the
-bridge closes the socket (1000) and the watch.
+the socket with code 4400 and says why; a broker failure closes it with 1011 (the page tries
+again). No node answering for the job within a few seconds is said once. Once the job's end
+and its last chunk are shown, the bridge closes the socket (1000) and the watch.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import struct
+import time
 from typing import Any
 
 import structlog
@@ -44,6 +46,8 @@ INPUT_PIECE = 16 * 1024  # keystrokes leave in sealed pieces of at most this muc
 ATTACH_SECONDS = 10.0  # a socket that says nothing this long is closed
 POLL_SECONDS = 0.25
 BAD_FRAME = 4400
+TRY_AGAIN = 1011  # the bridge could not reach the broker: the page reconnects later
+NOT_FOUND_SECONDS = 4.0  # no node answered for the job this long: the page is told, once
 
 
 class BadFrame(ValueError):
@@ -160,7 +164,9 @@ class Tab:
         try:
             view = await self.fleet.view(self.job_id)
         except RunletError as exc:
-            await _refuse(self.ws, f"cannot watch the job: {exc}")
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.send_json({"type": "error", "message": f"cannot watch it: {exc}"})
+            await self.ws.close(code=TRY_AGAIN, message=b"broker unavailable")
             return
         reader = asyncio.get_running_loop().create_task(self._read(view))
         try:
@@ -172,9 +178,10 @@ class Tab:
             await self._follow(view, reader)
         except (ConnectionError, RuntimeError):
             pass  # the page went away mid-send
-        except RunletError as exc:
+        except RunletError as exc:  # the broker failed us: the page tries again later
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.ws.send_json({"type": "error", "message": str(exc)})
+                await self.ws.close(code=TRY_AGAIN, message=b"broker unavailable")
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -185,7 +192,17 @@ class Tab:
             log.info("ui_tab_closed", job=self.job_id, dropped_keys=self.dropped_keys)
 
     async def _follow(self, view: Any, reader: asyncio.Task[None]) -> None:
+        started = time.monotonic()
+        told = False
         while not self.ws.closed and not reader.done():
+            if (
+                not told
+                and not self.stream.found
+                and time.monotonic() - started > NOT_FOUND_SECONDS
+            ):
+                told = True  # it may still be in an offline node's queue: keep watching
+                text = "no online node holds this job (yet); still watching"
+                await self.ws.send_json({"type": "error", "message": text})
             try:
                 msg = await asyncio.wait_for(view.inbox.get(), POLL_SECONDS)
             except TimeoutError:

@@ -14,11 +14,19 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType
 
+from runlet.errors import BrokerUnavailable
+from runlet.ui import bridge
 from runlet.ui.bridge import BAD_FRAME, MAX_FRAME
 from tests.support import run
-from tests.unit.ui_fakes import JOB, FakeView, Page, page, state
+from tests.unit.ui_fakes import JOB, FakeFleet, FakeView, Page, page, state
 
 WAIT = 10.0
+
+
+@pytest.fixture(autouse=True)
+def _patient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No "no node holds it" notice unless a test asks for one (it would be a stray frame)."""
+    monkeypatch.setattr(bridge, "NOT_FOUND_SECONDS", 3600.0)
 
 
 async def _socket(p: Page) -> Any:
@@ -318,5 +326,46 @@ def test_the_tab_closes_once_the_end_and_the_last_chunk_are_shown() -> None:
             assert closing.type == WSMsgType.CLOSE
             assert ws.close_code == 1000
             await asyncio.wait_for(view.closed.wait(), WAIT)
+
+    run(scenario())
+
+
+def test_a_job_nobody_holds_is_said_once_and_still_watched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No node answers: the tab is told once, and the bridge keeps asking for a replay."""
+    monkeypatch.setattr(bridge, "NOT_FOUND_SECONDS", 0.2)
+
+    async def scenario() -> None:
+        async with page() as p:
+            ws, view = await _attach(p)
+            notice = await asyncio.wait_for(_next(ws), WAIT)
+            assert notice["type"] == "error"
+            assert "no online node" in notice["message"]
+            await view.until(lambda: len(view.replays) >= 2, "a second replay request", WAIT)
+            view.inbox.put_nowait(state("running", 1))
+            assert (await _next(ws))["state"] == "running"
+            await ws.close()
+
+    run(scenario())
+
+
+def test_a_broker_failure_closes_the_tab_for_a_retry() -> None:
+    """The watch cannot be made (broker down): an error, then close code 1011, not 4400."""
+
+    async def scenario() -> None:
+        fleet = FakeFleet()
+
+        async def broken(job_id: str) -> FakeView:
+            raise BrokerUnavailable("the broker is down")
+
+        fleet.view = broken  # type: ignore[method-assign]
+        async with page(fleet) as p:
+            ws = await _socket(p)
+            await ws.send_str(json.dumps({"type": "attach", "job_id": JOB}))
+            error = await _next(ws)
+            assert "broker is down" in error["message"]
+            await ws.receive(timeout=WAIT)
+            assert ws.close_code == 1011
 
     run(scenario())

@@ -111,7 +111,7 @@ async function refreshFleet() {
 // -- Jobs ------------------------------------------------------------------------------------
 
 function jobRow(j) {
-  const live = j.state === "running";
+  const live = j.state === "running" || j.state === "queued"; // a queued job's tab waits
   return el("tr", { "data-job": j.job_id },
     el("td", {}, el("a", { href: "#", class: "job-link", onclick: (e) => { e.preventDefault(); showJob(j.job_id); } }, j.job_id.slice(0, 12))),
     el("td", {}, j.node || "-"),

@@ -226,6 +226,8 @@ export class TerminalTab {
     } else if (msg.type === "error") {
       this.stateBadge.textContent = msg.message;
       this.stateBadge.classList.add("bad");
+      clearTimeout(this.unbad);
+      this.unbad = setTimeout(() => this.stateBadge.classList.remove("bad"), 4000);
     }
   }
 
