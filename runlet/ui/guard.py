@@ -10,8 +10,10 @@
 - Every POST and every websocket upgrade must carry an Origin that is exactly this page's; a
   websocket without one is refused (403): another site's script cannot drive a job.
 - Every answer has a strict Content-Security-Policy (only this origin's scripts, sockets,
-  fonts and images; styles may be inline, as xterm.js sets them), `frame-ancestors 'none'`, no
-  referrer, `nosniff` and `no-store`.
+  fonts and images), `frame-ancestors 'none'`, no referrer, `nosniff` and `no-store`. Styles
+  may be inline: xterm.js 6 writes its renderer's rules into <style> elements it makes, and
+  without 'unsafe-inline' Chromium blocks them (checked: the browser tests, which fail on any
+  console error, fail then). Scripts may not be.
 """
 
 from __future__ import annotations
