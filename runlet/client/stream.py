@@ -67,8 +67,9 @@ class JobStream:
         """Output pieces now ready, as (seq, bytes), and the new state if it changed."""
         match msg:
             case OutputChunk(job_id=job_id) if job_id == self.job_id:
-                self.found = True
+                bad = self.reasm.bad_chunks
                 ready = self.reasm.feed(msg)
+                self.found = self.found or self.reasm.bad_chunks == bad  # a forgery finds nothing
                 first = self.reasm.next_seq - len(ready)
                 return [(first + i, piece) for i, piece in enumerate(ready)], None
             case JobStateChanged(job_id=job_id) if job_id == self.job_id:
