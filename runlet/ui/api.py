@@ -1,9 +1,11 @@
 """The page's JSON routes: the fleet's nodes, the jobs list, one job's history, start a job.
 
-Every answer is `{"...": rows}` or `{"error": text}` with a status saying who is at fault:
-400 a bad request (the text names the field), 404 no such job, 503 no server answering, 502
-the server's own refusal. Nothing here acts on a GET; a job is started only by a POST (and the
-guard has checked its Origin). Input is checked as strictly as the command line checks it.
+Every answer is `{"...": rows, "source": ...}` or `{"error": text}` with a status saying who
+is at fault: 400 a bad request (the text names the field), 404 no such job, 502 the server's
+own refusal. With no server answering, the rows are what this process heard on the broker
+(`"source": "heard"`, and a note saying so) instead of the ledger's (`"server"`). Nothing
+here acts on a GET; a job is started only by a POST (and the guard has checked its Origin).
+Input is checked as strictly as the command line checks it.
 """
 
 from __future__ import annotations
@@ -36,22 +38,33 @@ def _error(status: int, text: str) -> web.Response:
     return web.json_response({"error": text}, status=status)
 
 
-async def _asked(request: web.Request, query: Query) -> list[dict[str, Any]] | web.Response:
+Rows = list[dict[str, Any]]
+HEARD = "no server answering: what this page heard on the broker since it started"
+
+
+async def _asked(request: web.Request, query: Query) -> tuple[Rows, str] | web.Response:
+    """The server's rows and "server"; with no server, what was heard and "heard"."""
+    fleet = request.app[FLEET]
     try:
-        return await request.app[FLEET].ask(query)
-    except ServerUnavailable as exc:
-        return _error(503, str(exc))
+        return await fleet.ask(query), "server"
+    except ServerUnavailable:
+        return fleet.heard(query), "heard"
     except RunletError as exc:
         text = str(exc)
         return _error(404 if text.startswith("no job ") else 502, text)
 
 
+def _answer(name: str, rows: Rows, source: str) -> web.Response:
+    note = HEARD if source == "heard" else None
+    return web.json_response({name: rows, "source": source, "note": note, "at": time.time()})
+
+
 async def nodes(request: web.Request) -> web.Response:
     """GET /api/nodes: every node the ledger knows, with its last heartbeat."""
-    rows = await _asked(request, Query("nodes"))
-    if isinstance(rows, web.Response):
-        return rows
-    return web.json_response({"nodes": rows, "at": time.time()})
+    answer = await _asked(request, Query("nodes"))
+    if isinstance(answer, web.Response):
+        return answer
+    return _answer("nodes", *answer)
 
 
 def jobs_query(params: Any) -> Query:
@@ -82,10 +95,10 @@ async def jobs(request: web.Request) -> web.Response:
         query = jobs_query(request.query)
     except BadRequest as exc:
         return _error(400, str(exc))
-    rows = await _asked(request, query)
-    if isinstance(rows, web.Response):
-        return rows
-    return web.json_response({"jobs": rows, "at": time.time()})
+    answer = await _asked(request, query)
+    if isinstance(answer, web.Response):
+        return answer
+    return _answer("jobs", *answer)
 
 
 async def job(request: web.Request) -> web.Response:
@@ -93,12 +106,15 @@ async def job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
     if not valid_job_id(job_id):
         return _error(400, "not a job id (32 hex digits, optionally .NODE)")
-    rows = await _asked(request, Query("job", job_id=job_id))
-    if isinstance(rows, web.Response):
-        return rows
+    answer = await _asked(request, Query("job", job_id=job_id))
+    if isinstance(answer, web.Response):
+        return answer
+    rows, source = answer
+    if source == "heard" and not rows:
+        return _error(404, f"no job {job_id} heard of, and no server answering")
     if len(rows) != 1 or not isinstance(rows[0], dict):
         return _error(502, "the server's answer has an unexpected shape")
-    return web.json_response(rows[0])
+    return web.json_response({**rows[0], "source": source})
 
 
 def _text(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:

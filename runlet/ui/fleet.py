@@ -1,8 +1,9 @@
 """What the page's handlers need from the fleet (`FleetPort`), and the real one over the broker.
 
-The handlers ask the server (the ledger) for nodes and jobs, start jobs, and open one `View`
-per terminal tab: a private watch queue on a job's states and output, through which the tab
-asks for replays and types. `LiveFleet` does all of it over one `runlet.client.Client`
+The handlers ask the server (the ledger) for nodes and jobs — or, with no server answering,
+take what this process heard on the broker (`runlet.client.sightings`) — start jobs, and open
+one `View` per terminal tab: a private watch queue on a job's states and output, through which
+the tab asks for replays and types. `LiveFleet` does all of it over one `runlet.client.Client`
 connection; unit tests give the handlers a fake of the same shape, with no network.
 """
 
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 from runlet.client.commands import discover, stored_log
 from runlet.client.queries import Asker
 from runlet.client.session import Client, Submitted, Watch
+from runlet.client.sightings import Sightings
 from runlet.protocol.addresses import new_job_id
 from runlet.protocol.crypto import FleetKey
 from runlet.protocol.messages import Query, parse_target
@@ -48,6 +50,9 @@ class FleetPort(Protocol):
 
     async def ask(self, query: Query) -> list[dict[str, Any]]:
         """The server's answer rows (ServerUnavailable, RunletError)."""
+
+    def heard(self, query: Query) -> list[dict[str, Any]]:
+        """The same answer from what this process heard on the broker (no server needed)."""
 
     async def submit(
         self, spec: JobSpec, target: str, *, deadline: float | None, rows: int, cols: int
@@ -92,9 +97,10 @@ class LiveView:
 class LiveFleet:
     """The fleet over one client connection: queries through an `Asker`, views as watches."""
 
-    def __init__(self, client: Client, asker: Asker) -> None:
+    def __init__(self, client: Client, asker: Asker, sightings: Sightings) -> None:
         self.client = client
         self.asker = asker
+        self.sightings = sightings
         self.key = client.key
         self.node = client.config.node
         self._tabs = itertools.count(1)
@@ -102,6 +108,9 @@ class LiveFleet:
 
     async def ask(self, query: Query) -> list[dict[str, Any]]:
         return await self.asker.ask(query)
+
+    def heard(self, query: Query) -> list[dict[str, Any]]:
+        return self.sightings.answer(query)
 
     async def submit(
         self, spec: JobSpec, target: str, *, deadline: float | None, rows: int, cols: int

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from runlet.client.queries import Asker
 from runlet.client.session import Client
+from runlet.client.sightings import Sightings
 from runlet.config import Config
 from runlet.errors import ConfigError, UsageError
 from runlet.protocol.crypto import FleetKey
@@ -62,9 +63,14 @@ async def serve(config: Config, key: FleetKey, *, host: str, port: int, open_bro
         async with Client(config, key) as client:
             asker = Asker(client.broker, config.user, config.node)
             await asker.start()
+            online = max(30.0, 3 * config.broker.presence_seconds)
+            sightings = Sightings(client.broker, config.user, config.node, online_seconds=online)
+            await sightings.start()
             guard = Guard(int(sock.getsockname()[1]), address)
             runner = web.AppRunner(
-                make_app(LiveFleet(client, asker), guard), handle_signals=False, access_log=None
+                make_app(LiveFleet(client, asker, sightings), guard),
+                handle_signals=False,
+                access_log=None,
             )
             await runner.setup()
             try:

@@ -8,7 +8,7 @@ from playwright.async_api import expect
 
 from runlet.client.session import Client
 from runlet.protocol.payloads import Control, JobSpec
-from tests.browser.conftest import WAIT_MS, UiProcess, chromium
+from tests.browser.conftest import WAIT_MS, UiProcess, chromium, start_from_form, wait_state
 from tests.integration.test_server import ServerUnderTest
 from tests.support import Fleet, run
 
@@ -72,5 +72,34 @@ def test_jobs_list_filters_updates_live_and_shows_a_history(
                 assert states == ["queued", "running", "exited"]
                 await pages.shot(page, "jobs")
                 await client.control(second.job_id, Control("cancel"))
+
+    run(scenario())
+
+
+def test_without_a_server_the_page_shows_what_it_heard(
+    fleet: Fleet, ui: UiProcess, tmp_path: Path
+) -> None:
+    """No server: the Fleet view lists the daemons heard on the broker, with their vitals and
+    a note saying where the rows come from; a job started from the form shows in the list."""
+    fleet.start_daemon("edge-1", presence=0.5)
+    fleet.start_daemon("edge-2", presence=0.5)
+
+    async def scenario() -> None:
+        async with chromium(tmp_path / "screenshots") as pages:
+            page = await pages.open(ui.url)
+            for name in ("edge-1", "edge-2"):
+                row = page.locator(f"#nodes tr[data-node='{name}']")
+                await expect(row.locator(".node-status")).to_have_text("online", timeout=WAIT_MS)
+                await expect(row.locator(".memory")).to_contain_text("GiB", timeout=WAIT_MS)
+            await expect(page.locator("#server-status")).to_contain_text("no server answering")
+            job_id = await start_from_form(page, "exit 5", "edge-2")
+            await wait_state(page, job_id, "status 5")
+            await page.click("#tab-jobs")
+            row = page.locator(f"#jobs tr[data-job='{job_id}']")
+            await expect(row).to_contain_text("exit 5", timeout=WAIT_MS)
+            await row.locator("a.job-link").click()
+            history = page.locator("#history tbody tr")
+            await expect(history).to_have_count(3, timeout=WAIT_MS)
+            await pages.shot(page, "no-server")
 
     run(scenario())

@@ -26,20 +26,26 @@ def test_nodes_come_from_the_server() -> None:
             assert response.status == 200
             body = await response.json()
             assert body["nodes"][0]["name"] == "edge-1"
+            assert (body["source"], body["note"]) == ("server", None)
             assert p.fleet.queries[0].kind == "nodes"
 
     run(scenario())
 
 
-def test_no_server_is_503_saying_so() -> None:
-    """With no server answering, the views get 503 and the reason."""
+def test_no_server_answers_from_what_was_heard_and_says_so() -> None:
+    """With no server answering, the lists come from what the process heard, with a note;
+    a job never heard of is 404."""
 
     async def scenario() -> None:
         async with page(FakeFleet(down=True)) as p:
-            for path in ("/api/nodes", "/api/jobs", f"/api/jobs/{JOB}"):
-                response = await p.client.get(path, headers=p.headers())
-                assert response.status == 503
-                assert "server" in (await response.json())["error"]
+            nodes = await (await p.client.get("/api/nodes", headers=p.headers())).json()
+            assert (nodes["source"], nodes["nodes"][0]["online"]) == ("heard", False)
+            assert "no server" in nodes["note"]
+            jobs = await (await p.client.get("/api/jobs", headers=p.headers())).json()
+            assert (jobs["source"], jobs["jobs"]) == ("heard", [])
+            missing = await p.client.get(f"/api/jobs/{JOB}", headers=p.headers())
+            assert missing.status == 404
+            assert "no server" in (await missing.json())["error"]
 
     run(scenario())
 

@@ -107,6 +107,11 @@ class FakeFleet:
             raise RunletError(f"no job {query.job_id} in the ledger")
         return self.jobs
 
+    def heard(self, query: Query) -> list[dict[str, Any]]:
+        """What was heard: the same node, no jobs."""
+        self.queries.append(query)
+        return [dict(NODE_ROW, online=False)] if query.kind == "nodes" else []
+
     async def submit(
         self, spec: JobSpec, target: str, *, deadline: float | None, rows: int, cols: int
     ) -> Submitted:

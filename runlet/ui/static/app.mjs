@@ -92,7 +92,7 @@ function nodeRow(n) {
 
 async function refreshFleet() {
   try {
-    const { nodes } = await getJSON("/api/nodes");
+    const { nodes, note } = await getJSON("/api/nodes");
     $("nodes").tBodies[0].replaceChildren(...nodes.map(nodeRow));
     const online = nodes.filter((n) => n.online).length;
     $("fleet-summary").textContent = `${online} of ${nodes.length} online`;
@@ -100,7 +100,7 @@ async function refreshFleet() {
       ...["any", "all", ...nodes.map((n) => n.name), ...new Set(nodes.flatMap((n) => (n.tags || []).map((t) => `tag:${t}`)))]
         .map((t) => el("option", { value: t })));
     $("fleet-error").hidden = true;
-    $("server-status").textContent = "";
+    $("server-status").textContent = note || "";
   } catch (err) {
     $("fleet-error").textContent = err.message;
     $("fleet-error").hidden = false;
