@@ -144,9 +144,18 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 def cmd_nodes(args: argparse.Namespace) -> int:
     from runlet.client import queries
+    from runlet.errors import ServerUnavailable
     from runlet.protocol.messages import Query
 
-    rows = asyncio.run(queries.ask(_config(args), Query("nodes")))
+    config = _config(args)
+    try:
+        rows = asyncio.run(queries.ask(config, Query("nodes")))
+    except ServerUnavailable as exc:  # no ledger: the nodes that say they are alive
+        from runlet.client.sightings import listen_for_nodes, listening_seconds
+
+        seconds = listening_seconds(config)
+        print(f"runlet: {exc}; listening {seconds:.1f} s for heartbeats", file=sys.stderr)
+        rows = asyncio.run(listen_for_nodes(config, seconds))
     print(queries.as_json(rows) if args.json else queries.render(queries.format_nodes, rows))
     return 0
 

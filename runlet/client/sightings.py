@@ -11,13 +11,16 @@ What it cannot know: a node not heard since the UI started, and a job that chang
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runlet.adapters.broker import Broker
 from runlet.adapters.broker_port import BrokerPort, Incoming, QueueSpec
+from runlet.config import Config
 from runlet.errors import ProtocolError
 from runlet.protocol import addresses, wire
 from runlet.protocol.messages import JobStateChanged, NodeHeartbeat, Query
@@ -163,6 +166,24 @@ class Sightings:
         ]
         rows.sort(key=lambda r: (r["updated_at"], r["job_id"]), reverse=True)
         return rows[: query.limit]
+
+
+def listening_seconds(config: Config) -> float:
+    """How long to listen to hear every live node once: a heartbeat interval and a half."""
+    return config.broker.presence_seconds * 1.5 + 0.5
+
+
+async def listen_for_nodes(config: Config, seconds: float) -> list[dict[str, Any]]:
+    """The nodes heard within `seconds` (`runlet nodes` with no server), as the ledger's rows."""
+    broker = Broker(config.broker.urls, config.user, name=f"runlet-listen-{config.node}")
+    await broker.connect()
+    try:
+        sightings = Sightings(broker, config.user, config.node, online_seconds=seconds)
+        await sightings.start()
+        await asyncio.sleep(seconds)  # listening is the point: there is nobody to ask
+        return sightings.nodes()
+    finally:
+        await broker.close()
 
 
 def _row(event: JobStateChanged) -> dict[str, Any]:
