@@ -4,6 +4,7 @@ nothing of a job's in the browser's storage."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,22 @@ def test_tabs_theme_font_search_keybar_and_storage(
             await wait_state(page, first, "running")
             await page.keyboard.type("typed-in-first\r")
             await wait_screen(page, first, "typed-in-first")
+            latency = page.locator(f"section.terminal-view[data-job='{first}'] .badge.latency")
+            await expect(latency).to_have_text(re.compile(r"^\d+ ms$"), timeout=WAIT_MS)
+
+            capture = page.locator(f"section.terminal-view[data-job='{first}']")
+            await capture.locator("button.capture-keys").click()
+            await expect(capture).to_have_class(re.compile(r"\bcapture\b"))
+            await page.keyboard.type("abc")
+            await page.keyboard.press("Control+w")  # the job's terminal erases the word
+            await page.keyboard.type("zed\r")
+            await wait_screen(page, first, "zed\nzed")  # the echo, then cat's copy: no abc
+            assert "abc" not in await page.evaluate(
+                "id => window.runletTabs.get(id).allText()", first
+            )
+            await page.keyboard.press("Escape")
+            await page.keyboard.press("Escape")  # twice: leave the capture mode
+            await expect(capture).not_to_have_class(re.compile(r"\bcapture\b"))
             assert "typed-in-first" not in await page.evaluate(
                 "id => window.runletTabs.get(id).allText()", second
             )
