@@ -112,6 +112,11 @@ class JobStream:
         waiting = ended and has_output and not self.reasm.finished
         return waiting and now - self.asked_at > FIND_REPLAY_SECONDS
 
+    def missed(self) -> None:
+        """Output was dropped before it got here (a slow viewer): treat it as a gap."""
+        if self.reasm.gap_since is None:
+            self.reasm.gap_since = time.monotonic()
+
     def asked(self) -> None:
         self.asked_at = time.monotonic()
         if self.reasm.gap_since is not None:

@@ -18,7 +18,10 @@ id, the chunk's sequence number (8 bytes, big-endian) and its plaintext; JSON fr
 should never send (not JSON, an unknown type, a bad size, an attach that is not first) closes
 the socket with code 4400 and says why; a broker failure closes it with 1011 (the page tries
 again). No node answering for the job within a few seconds is said once. Once the job's end
-and its last chunk are shown, the bridge closes the socket (1000) and the watch.
+and its last chunk are shown, the bridge closes the socket (1000) and the watch. A slow page
+bounds what waits for it: the tab's watch holds a few hundred messages and the bridge a window
+of chunks ahead of the next one the page needs; output past either is dropped here and comes
+back by a replay from the node once the page catches up.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from aiohttp import WSMsgType, web
 from runlet.client.stream import JobStream, State
 from runlet.errors import RunletError
 from runlet.protocol.addresses import valid_job_id
+from runlet.protocol.messages import OutputChunk
 from runlet.protocol.payloads import Control
 from runlet.ui.api import FLEET
 
@@ -47,6 +51,7 @@ ATTACH_SECONDS = 10.0  # a socket that says nothing this long is closed
 POLL_SECONDS = 0.25
 BAD_FRAME = 4400
 TRY_AGAIN = 1011  # the bridge could not reach the broker: the page reconnects later
+WINDOW = 256  # chunks held ahead of the next one the page needs; later ones come by replay
 NOT_FOUND_SECONDS = 4.0  # no node answered for the job this long: the page is told, once
 
 
@@ -159,6 +164,7 @@ class Tab:
         self.stream = JobStream(self.fleet.key, job_id, from_seq)
         self.dropped_keys = 0  # read-only: keystrokes the page sent anyway
         self.size: Control | None = None  # the page's last size, sent once the job runs
+        self.beyond_window = 0  # chunks dropped for being too far ahead (a slow page)
 
     async def run(self) -> None:
         try:
@@ -189,7 +195,12 @@ class Tab:
             await view.close()
             if not self.ws.closed:
                 await self.ws.close()
-            log.info("ui_tab_closed", job=self.job_id, dropped_keys=self.dropped_keys)
+            log.info(
+                "ui_tab_closed",
+                job=self.job_id,
+                dropped_keys=self.dropped_keys,
+                beyond_window=self.beyond_window,
+            )
 
     async def _follow(self, view: Any, reader: asyncio.Task[None]) -> None:
         started = time.monotonic()
@@ -206,6 +217,10 @@ class Tab:
             try:
                 msg = await asyncio.wait_for(view.inbox.get(), POLL_SECONDS)
             except TimeoutError:
+                msg = None
+            if isinstance(msg, OutputChunk) and msg.seq >= self.stream.next_seq + WINDOW:
+                self.beyond_window += 1  # far ahead of what the page took: replayed later
+                self.stream.missed()
                 msg = None
             if msg is not None:
                 pieces, state = self.stream.take(msg)

@@ -23,6 +23,8 @@ from runlet.protocol.crypto import FleetKey
 from runlet.protocol.messages import Query, parse_target
 from runlet.protocol.payloads import Control, JobSpec
 
+VIEW_BACKLOG = 512  # messages a tab's watch holds while its page is slow (output past: replayed)
+
 
 class View(Protocol):
     """One terminal tab's watch on one job."""
@@ -147,5 +149,5 @@ class LiveFleet:
 
     async def view(self, job_id: str) -> View:
         viewer = f"{self.client.viewer}-t{next(self._tabs)}"
-        watch = await self.client.watch(job_id, viewer=viewer)
+        watch = await self.client.watch(job_id, viewer=viewer, limit=VIEW_BACKLOG)
         return LiveView(self.client, job_id, watch)

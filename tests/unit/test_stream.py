@@ -108,3 +108,15 @@ def test_replays_are_due_for_a_gap_a_missing_final_and_a_job_not_found(
     assert not s.replay_due()
     clock[0] += stream_module.FIND_REPLAY_SECONDS + 0.1
     assert s.replay_due()
+
+
+def test_a_missed_chunk_makes_a_replay_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output dropped before it reached the stream counts as a gap."""
+    clock = [1000.0]
+    monkeypatch.setattr("runlet.client.stream.time.monotonic", lambda: clock[0])
+    s = JobStream(KEY, JOB)
+    s.take(chunk(0, b"a"))
+    s.missed()
+    assert not s.replay_due()
+    clock[0] += stream_module.GAP_REPLAY_SECONDS + 0.1
+    assert s.replay_due()

@@ -369,3 +369,21 @@ def test_a_broker_failure_closes_the_tab_for_a_retry() -> None:
             assert ws.close_code == 1011
 
     run(scenario())
+
+
+def test_chunks_far_ahead_of_the_page_are_dropped_and_replayed() -> None:
+    """A chunk beyond the window is not held: it is dropped, and a replay asked from the gap."""
+
+    async def scenario() -> None:
+        async with page() as p:
+            ws, view = await _attach(p)
+            view.inbox.put_nowait(p.fleet.chunk(0, b"a"))
+            assert await _next(ws) == (JOB, 0, b"a")
+            far = bridge.WINDOW + 5
+            view.inbox.put_nowait(p.fleet.chunk(far, b"far"))
+            await view.until(lambda: 1 in view.replays, "a replay from chunk 1", WAIT)
+            view.inbox.put_nowait(p.fleet.chunk(1, b"b"))
+            assert await _next(ws) == (JOB, 1, b"b")
+            await ws.close()
+
+    run(scenario())
