@@ -190,7 +190,7 @@ class Tab:
                 await self.ws.close(code=TRY_AGAIN, message=b"broker unavailable")
         finally:
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
                 await reader
             await view.close()
             if not self.ws.closed:
@@ -252,6 +252,9 @@ class Tab:
             except BadFrame as exc:
                 await _refuse(self.ws, str(exc))
                 return
+            except RunletError as exc:  # one key or size lost to the broker: the tab goes on
+                text = f"not delivered to the job: {exc}"
+                await self.ws.send_json({"type": "error", "message": text})
 
     async def _keys(self, view: Any, data: bytes) -> None:
         if self.read_only:

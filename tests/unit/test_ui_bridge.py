@@ -387,3 +387,29 @@ def test_chunks_far_ahead_of_the_page_are_dropped_and_replayed() -> None:
             await ws.close()
 
     run(scenario())
+
+
+def test_a_key_the_broker_refuses_is_said_and_the_tab_goes_on() -> None:
+    """A keystroke whose publish fails: the page is told, and the next key goes through."""
+
+    async def scenario() -> None:
+        async with page() as p:
+            ws, view = await _attach(p)
+            view.inbox.put_nowait(state("running", 1))
+            await _next(ws)
+            sent = view.send
+
+            async def failing_once(data: bytes) -> None:
+                view.send = sent  # type: ignore[method-assign]
+                raise BrokerUnavailable("the broker is down")
+
+            view.send = failing_once  # type: ignore[method-assign]
+            await ws.send_bytes(b"lost")
+            error = await _next(ws)
+            assert "not delivered" in error["message"]
+            await ws.send_bytes(b"kept")
+            await view.until(lambda: view.sent == [b"kept"], "the next key", WAIT)
+            await ws.close()
+            await asyncio.wait_for(view.closed.wait(), WAIT)
+
+    run(scenario())
