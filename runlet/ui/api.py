@@ -230,3 +230,17 @@ async def start(request: web.Request) -> web.Response:
         "offline": sent.offline,
     }
     return web.json_response(reply, status=201)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    """POST /api/jobs/{job_id}/cancel: end a queued or running job, as `runlet cancel` does."""
+    job_id = request.match_info["job_id"]
+    if not valid_job_id(job_id):
+        return _error(400, "not a job id (32 hex digits, optionally .NODE)")
+    try:
+        await request.app[FLEET].cancel(job_id)
+    except NoSuchTarget:
+        return _error(404, f"job {job_id} is not queued or running on any node")
+    except RunletError as exc:
+        return _error(503, str(exc))
+    return web.json_response({"job_id": job_id, "cancel": "sent"}, status=202)

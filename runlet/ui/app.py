@@ -6,6 +6,7 @@
     GET  /api/jobs          the jobs list (node, state, since, limit)
     GET  /api/jobs/{id}     one job and its state history
     POST /api/jobs          start a job
+    POST /api/jobs/{id}/cancel   cancel one
     GET  /api/logs/{id}     a finished job's log, verified, with each chunk's time
     GET  /ws                a terminal tab (websocket)
 
@@ -63,6 +64,7 @@ def make_app(fleet: FleetPort, guard: Guard) -> web.Application:
     app.router.add_get("/api/jobs", api.jobs)
     app.router.add_get("/api/jobs/{job_id}", api.job)
     app.router.add_post("/api/jobs", api.start)
+    app.router.add_post("/api/jobs/{job_id}/cancel", api.cancel)
     app.router.add_get("/api/logs/{job_id}", logs.log)
     app.router.add_get("/ws", terminal)
     app.router.add_static("/static/", STATIC, follow_symlinks=False, show_index=False)

@@ -64,6 +64,9 @@ class FleetPort(Protocol):
     async def children(self, submitted: Submitted) -> list[str]:
         """A fanned-out job's executions (`JOB.NODE`) heard of in the first seconds."""
 
+    async def cancel(self, job_id: str) -> None:
+        """SIGTERM, grace, SIGKILL on its node; NoSuchTarget when no node holds it."""
+
     async def view(self, job_id: str) -> View:
         """A new watch on the job, bound before anything is asked."""
 
@@ -138,6 +141,9 @@ class LiveFleet:
             return await discover(watch, submitted.job_id)
         finally:
             await self._forget(submitted.job_id)
+
+    async def cancel(self, job_id: str) -> None:
+        await self.client.control(job_id, Control("cancel"), confirm=True)
 
     async def _forget(self, job_id: str) -> None:
         watch = self._fanouts.pop(job_id, None)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from playwright.async_api import expect
 
 from tests.browser.conftest import (
     WAIT_MS,
@@ -205,5 +206,28 @@ def test_a_job_for_all_nodes_opens_a_tab_per_node(
                 await page.click(f"#tabs button[data-job='{job_id}']")
                 await wait_screen(page, job_id, "ran-on-x")
                 await wait_state(page, job_id, "status 0")
+
+    run(scenario())
+
+
+def test_a_job_is_cancelled_from_its_tab_and_from_the_list(
+    fleet: Fleet, server: ServerUnderTest, ui: UiProcess, tmp_path: Path
+) -> None:
+    """Cancel in a tab ends its job (SIGTERM): the tab shows it; Cancel in the list too."""
+    fleet.start_daemon("edge-1", presence=0.5)
+
+    async def scenario() -> None:
+        async with chromium(tmp_path / "screenshots") as pages:
+            page = await pages.open(ui.url)
+            first = await start_from_form(page, "sleep 300", "edge-1")
+            await wait_state(page, first, "running")
+            await page.click(f"section.terminal-view[data-job='{first}'] button.cancel-job")
+            await wait_state(page, first, "cancelled")
+            second = await start_from_form(page, "sleep 300", "edge-1")
+            await wait_state(page, second, "running")
+            await page.click("#tab-jobs")
+            row = page.locator(f"#jobs tr[data-job='{second}']")
+            await row.locator("button.cancel").click(timeout=WAIT_MS)
+            await expect(row).to_contain_text("cancelled", timeout=WAIT_MS)
 
     run(scenario())

@@ -278,3 +278,27 @@ def test_a_fanned_out_job_answers_with_its_executions() -> None:
             assert body["children"] == [f"{JOB}.edge-1", f"{JOB}.edge-2"]
 
     run(scenario())
+
+
+def test_cancel_reaches_the_fleet_and_a_job_nobody_holds_is_404() -> None:
+    """POST .../cancel sends the cancel; an unknown job is 404, a bad id 400, a GET 405."""
+
+    async def scenario() -> None:
+        async with page() as p:
+            headers = p.headers(Origin=p.origin)
+            sent = await p.client.post(f"/api/jobs/{JOB}/cancel", headers=headers)
+            assert sent.status == 202
+            assert p.fleet.cancelled == [JOB]
+            gone = await p.client.post(f"/api/jobs/{'f' * 32}/cancel", headers=headers)
+            assert gone.status == 404
+            bad = await p.client.post("/api/jobs/nope/cancel", headers=headers)
+            assert bad.status == 400
+            get = await p.client.get(f"/api/jobs/{JOB}/cancel", headers=p.headers())
+            assert get.status == 405
+            foreign = await p.client.post(
+                f"/api/jobs/{JOB}/cancel", headers=p.headers(Origin="http://evil.example")
+            )
+            assert foreign.status == 403
+            assert p.fleet.cancelled == [JOB]
+
+    run(scenario())

@@ -91,6 +91,7 @@ class FakeFleet:
     started: list[tuple[JobSpec, str, float | None, int, int]] = field(default_factory=list)
     views: list[FakeView] = field(default_factory=list)
     viewed: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: list[str] = field(default_factory=list)
     log_path: Path | None = None  # what stored_log finds
     store_down: bool = False
 
@@ -119,6 +120,11 @@ class FakeFleet:
             raise NoSuchTarget(target)
         self.started.append((spec, target, deadline, rows, cols))
         return Submitted(JOB, target, fans_out=target in ("all",), offline=False)
+
+    async def cancel(self, job_id: str) -> None:
+        if job_id.startswith("f"):
+            raise NoSuchTarget(job_id)
+        self.cancelled.append(job_id)
 
     async def children(self, submitted: Submitted) -> list[str]:
         return [f"{submitted.job_id}.edge-1", f"{submitted.job_id}.edge-2"]

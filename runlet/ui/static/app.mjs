@@ -122,6 +122,7 @@ function jobRow(j) {
     el("td", {},
       live ? el("button", { class: "attach", onclick: () => openTab(j.job_id, false) }, "Attach") : null,
       live ? el("button", { class: "watch", onclick: () => openTab(j.job_id, true) }, "Watch") : null,
+      live ? el("button", { class: "cancel", onclick: () => cancelJob(j.job_id) }, "Cancel") : null,
       ENDED.has(j.state) ? el("button", { class: "log", onclick: () => openTab(j.job_id, true, "", true) }, "Log") : null),
   );
 }
@@ -162,6 +163,16 @@ async function showJob(jobId) {
     box.replaceChildren(el("p", { class: "error" }, err.message));
   }
   box.hidden = false;
+}
+
+export async function cancelJob(jobId) {
+  const response = await fetch(`/api/jobs/${encodeURIComponent(jobId)}/cancel`, {
+    method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" }, body: "{}",
+  });
+  const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) $("jobs-error").textContent = body.error;
+  $("jobs-error").hidden = response.ok;
+  refreshJobs();
 }
 
 // -- Start a job -----------------------------------------------------------------------------

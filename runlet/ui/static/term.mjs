@@ -69,7 +69,12 @@ export class TerminalTab {
     capture.title = "fullscreen: Ctrl-W and friends go to the job (Esc Esc leaves)";
     capture.addEventListener("click", () => this.capture(true));
     bar.append(this.searchBox);
-    if (!this.readOnly) bar.append(capture);
+    if (!this.readOnly) {
+      const cancel = node("button", "cancel-job", "Cancel job");
+      cancel.title = "SIGTERM, a grace period, then SIGKILL (as runlet cancel)";
+      cancel.addEventListener("click", () => this.cancel());
+      bar.append(capture, cancel);
+    }
     this.banner = node("div", "banner");
     this.banner.hidden = true;
     this.player = node("div", "player");
@@ -250,6 +255,16 @@ export class TerminalTab {
   sendControl(frame) {
     if (this.readOnly || !this.ws || this.ws.readyState !== WebSocket.OPEN) return;
     this.ws.send(JSON.stringify(frame));
+  }
+
+  async cancel() {
+    const response = await fetch(`/api/jobs/${encodeURIComponent(this.jobId)}/cancel`, {
+      method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" }, body: "{}",
+    });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+      this.onControl({ type: "error", message: body.error });
+    }
   }
 
   ctrlOf(data) {
