@@ -228,10 +228,13 @@ function show(view) {
   for (const [id, tab] of tabs) tab.show(view === `term:${id}`);
 }
 
+// a fanned-out job's executions (JOB.NODE) share their first digits: name them by node
+const tabName = (jobId) => (jobId.includes(".") ? `${jobId.split(".")[1]} ${jobId.slice(0, 6)}` : jobId.slice(0, 8));
+
 function openTab(jobId, readOnly, note = "", log = false) {
   if (!tabs.has(jobId)) {
     const button = el("button", { class: "tab", "data-view": `term:${jobId}`, "data-job": jobId },
-      `${log ? "log " : readOnly ? "watch " : ""}${jobId.slice(0, 8)}`);
+      `${log ? "log " : readOnly ? "watch " : ""}${tabName(jobId)}`);
     const close = el("span", { class: "close", title: "close" }, "×");
     close.addEventListener("click", (e) => { e.stopPropagation(); closeTab(jobId); });
     button.append(close);
