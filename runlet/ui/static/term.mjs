@@ -290,7 +290,7 @@ export class TerminalTab {
     }
     if (this.capturing && e.key === "Escape") {
       const now = performance.now();
-      if (this.lastEscape && now - this.lastEscape < 400) { this.capture(false); return false; }
+      if (this.lastEscape && now - this.lastEscape < 800) { this.capture(false); return false; }
       this.lastEscape = now;
     }
     return true;
