@@ -43,8 +43,8 @@ lint: install ## ruff check, ruff format --check, mypy --strict
 unit: install ## unit tests (no network)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-integration: install services ## integration and e2e tests (real services, real terminals)
-	$(BIN)/pytest tests/integration tests/e2e $(PYTEST_ARGS)
+integration: install services ## integration, e2e and browser tests (real services, terminals, Chromium)
+	$(BIN)/pytest tests/integration tests/e2e tests/browser $(PYTEST_ARGS)
 
 reliability: install services ## failures injected on a real 3-node RabbitMQ cluster; prints the table
 	@rm -f bench-results/reliability.jsonl

@@ -19,6 +19,7 @@ from typing import Any
 from runlet import __version__, metrics
 from runlet.adapters.group_commit import GroupCommit
 from runlet.adapters.journal import Journal
+from runlet.adapters.vitals import VitalsProbe
 from runlet.errors import CryptoError, ProtocolError, StorageError
 from runlet.protocol import addresses, wire
 from runlet.protocol.messages import (
@@ -78,6 +79,7 @@ class JobQueue(Actor):
         self.starting: set[str] = set()  # sessions asked for and not yet reported
         self.log_problems: dict[str, str] = {}  # jobs whose log is incomplete, and why
         self.swept_at = float("-inf")  # when finished jobs were last forgotten
+        self.vitals: VitalsProbe = ctx.services.get("vitals") or VitalsProbe()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -340,6 +342,7 @@ class JobQueue(Actor):
 
     def _send_heartbeat(self) -> None:
         counts = self._journal.statistics()
+        vitals = self.vitals.sample()
         beat = NodeHeartbeat(
             self.node,
             self.ctx.clock(),
@@ -348,6 +351,12 @@ class JobQueue(Actor):
             tuple(self.ctx.settings.tags),
             counts.get("running", 0),
             counts.get("queued", 0),
+            vitals.cpu_percent,
+            vitals.mem_used,
+            vitals.mem_total,
+            vitals.load1,
+            vitals.uptime,
+            vitals.temperature,
         )
         self._to_gateway(
             Publish(

@@ -3,6 +3,7 @@
 #   RabbitMQ   127.0.0.1:5672  guest/guest, plus the management plugin (127.0.0.1:15672) and
 #              the Prometheus plugin (127.0.0.1:15692, what deploy/prometheus scrapes)
 #   PostgreSQL 127.0.0.1:5432  trust auth (user postgres, no password)
+#   Chromium   /usr/bin/chromium, the browser tests/browser drives (installed, never run here)
 #
 #   scripts/services.sh up      install what is missing, start what is stopped, check it answers
 #   scripts/services.sh status  print the state; exit 0 when both services answer, 1 otherwise
@@ -25,6 +26,7 @@ readonly MGMT_PORT=15672
 readonly PROM_PORT=15692
 readonly PG_PORT=5432
 readonly TIMEOUT="${RUNLET_SERVICES_TIMEOUT:-120}"
+readonly CHROMIUM=/usr/bin/chromium
 
 PG_INSTALLED_NOW=0   # set when this run installed PostgreSQL (then we may set its loopback auth)
 
@@ -116,6 +118,10 @@ install_missing() {
     if ! tcp_open "$PG_PORT" && ! pg_installed; then
         missing+=(postgresql)
         PG_INSTALLED_NOW=1
+    fi
+    # the browser tests (tests/browser) drive Debian's Chromium; Playwright downloads nothing
+    if [[ ! -x $CHROMIUM ]]; then
+        missing+=(chromium)
     fi
     if ((${#missing[@]} == 0)); then
         return 0
@@ -316,7 +322,8 @@ cmd_up() {
     wait_rabbitmq
     ensure_rabbit_plugins
     ensure_pg_trust
-    log "up: RabbitMQ on $HOST:$AMQP_PORT and PostgreSQL on $HOST:$PG_PORT are reachable"
+    log "up: RabbitMQ on $HOST:$AMQP_PORT and PostgreSQL on $HOST:$PG_PORT are reachable;" \
+        "Chromium at $CHROMIUM"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -404,6 +411,14 @@ cmd_status() {
         fi
     else
         row "TCP $HOST:$PG_PORT" "NOT reachable"
+        rc=1
+    fi
+
+    echo "Chromium (browser tests)"
+    if [[ -x $CHROMIUM ]]; then
+        row "browser" "$CHROMIUM"
+    else
+        row "browser" "NOT installed"
         rc=1
     fi
     return "$rc"

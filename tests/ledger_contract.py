@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -194,6 +195,29 @@ async def nodes_as_their_last_heartbeat_said(store: LedgerDbPort) -> None:
     assert await store.stale_nodes(T0 + 1) == [(USER, "n2")]
 
 
+async def vitals_as_the_last_heartbeat_gave_them(store: LedgerDbPort) -> None:
+    """A heartbeat's vitals are kept as given, replaced by the next one, None where unknown."""
+    full = replace(
+        beat("n1"),
+        cpu_percent=12.5,
+        mem_used=3 << 30,
+        mem_total=8 << 30,
+        load1=0.75,
+        uptime=86400.5,
+        temperature=48.25,
+    )
+    await store.record_presence(USER, full, received_at=T0)
+    (row,) = await store.nodes(USER)
+    assert (row.cpu_percent, row.mem_used, row.mem_total) == (12.5, 3 << 30, 8 << 30)
+    assert (row.load1, row.uptime, row.temperature) == (0.75, 86400.5, 48.25)
+    await store.record_presence(USER, replace(full, temperature=None), received_at=T0 + 1)
+    (row,) = await store.nodes(USER)
+    assert (row.temperature, row.cpu_percent) == (None, 12.5)
+    await store.record_presence(USER, beat("n1"), received_at=T0 + 2)  # an older daemon
+    (row,) = await store.nodes(USER)
+    assert (row.cpu_percent, row.mem_total, row.uptime) == (None, None, None)
+
+
 async def accounts_and_statistics(store: LedgerDbPort) -> None:
     """Accounts are added once and removed once; statistics count every state, zeros too."""
     assert await store.statistics() == dict.fromkeys(STATES, 0)
@@ -234,6 +258,7 @@ SCENARIOS: list[Scenario] = [
     queries_filter_and_order,
     logs_join_their_job,
     nodes_as_their_last_heartbeat_said,
+    vitals_as_the_last_heartbeat_gave_them,
     accounts_and_statistics,
     bad_values_are_refused,
 ]

@@ -3,7 +3,8 @@
 Tables (runlet/adapters/migrations/NNNN_*.sql, applied by `LedgerDb.migrate`)::
 
     users        the accounts made by `runlet user add`
-    nodes        per (user, node): platform, version, tags, last seen, running, queued, online
+    nodes        per (user, node): platform, version, tags, last seen, running, queued, online,
+                 and the vitals of its last heartbeat (CPU %, memory, load, uptime, temperature)
     jobs         per (user, job): node, target, current state and its seq, milestone times,
                  exit code, signal, detail
     job_states   every state change of every job, keyed by (user, job, seq)
@@ -67,6 +68,7 @@ from runlet.adapters.ledger_port import (
     check_state,
     moment,
     storable,
+    vitals_of,
 )
 from runlet.errors import ClosedError, ProtocolError
 from runlet.protocol.messages import JobStateChanged, NodeHeartbeat
@@ -195,7 +197,7 @@ class LedgerDb(Closing):
         platform = storable(beat.platform, MAX_TEXT) or ""
         version = storable(beat.version, MAX_TEXT) or ""
         counts = (max(beat.running, 0), max(beat.queued, 0))
-        row = (user, beat.node, platform, version, list(beat.tags), seen, *counts)
+        row = (user, beat.node, platform, version, list(beat.tags), seen, *counts, *vitals_of(beat))
         async with self._connection() as conn:
             await conn.execute(sql.UPSERT_NODE, *row)
 

@@ -81,6 +81,12 @@ class NodeRow:
     running: int
     queued: int
     online: bool
+    cpu_percent: float | None = None
+    mem_used: int | None = None
+    mem_total: int | None = None
+    load1: float | None = None
+    uptime: float | None = None
+    temperature: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +150,21 @@ class LedgerDbPort(Protocol):
 
     async def statistics(self) -> dict[str, int]:
         """How many jobs are in each state, every state included."""
+
+
+Vitals = tuple[float | None, int | None, int | None, float | None, float | None, float | None]
+
+
+def vitals_of(beat: NodeHeartbeat) -> Vitals:
+    """A heartbeat's vitals in NodeRow's order (cpu %, memory used, total, load, uptime, temp)."""
+    return (
+        beat.cpu_percent,
+        beat.mem_used,
+        beat.mem_total,
+        beat.load1,
+        beat.uptime,
+        beat.temperature,
+    )
 
 
 def check_name(what: str, name: str) -> None:

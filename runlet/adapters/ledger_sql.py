@@ -36,12 +36,15 @@ ON CONFLICT (user_name, job_id) DO UPDATE SET
     state_seq  = GREATEST(j.state_seq, EXCLUDED.state_seq)"""
 
 UPSERT_NODE = """
-INSERT INTO nodes (user_name, name, platform, version, tags, last_seen, running, queued, online)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true)
+INSERT INTO nodes (user_name, name, platform, version, tags, last_seen, running, queued, online,
+                   cpu_percent, mem_used, mem_total, load1, uptime, temperature)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (user_name, name) DO UPDATE SET
     platform = EXCLUDED.platform, version = EXCLUDED.version, tags = EXCLUDED.tags,
     last_seen = EXCLUDED.last_seen, running = EXCLUDED.running, queued = EXCLUDED.queued,
-    online = true"""
+    online = true, cpu_percent = EXCLUDED.cpu_percent, mem_used = EXCLUDED.mem_used,
+    mem_total = EXCLUDED.mem_total, load1 = EXCLUDED.load1, uptime = EXCLUDED.uptime,
+    temperature = EXCLUDED.temperature"""
 
 LOCK_NODE = "SELECT last_seen FROM nodes WHERE user_name = $1 AND name = $2 FOR UPDATE"
 
@@ -83,7 +86,8 @@ SELECT seq, state, at, node, exit_code, signal, detail FROM job_states
 WHERE user_name = $1 AND job_id = $2 ORDER BY seq, reported_by"""
 
 NODES = """
-SELECT name, platform, version, tags, last_seen, running, queued, online
+SELECT name, platform, version, tags, last_seen, running, queued, online,
+       cpu_percent, mem_used, mem_total, load1, uptime, temperature
 FROM nodes WHERE user_name = $1 ORDER BY name"""
 
 ADD_USER = "INSERT INTO users (name) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true"

@@ -148,9 +148,18 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 def cmd_nodes(args: argparse.Namespace) -> int:
     from runlet.client import queries
+    from runlet.errors import ServerUnavailable
     from runlet.protocol.messages import Query
 
-    rows = asyncio.run(queries.ask(_config(args), Query("nodes")))
+    config = _config(args)
+    try:
+        rows = asyncio.run(queries.ask(config, Query("nodes")))
+    except ServerUnavailable as exc:  # no ledger: the nodes that say they are alive
+        from runlet.client.sightings import listen_for_nodes, listening_seconds
+
+        seconds = listening_seconds(config)
+        print(f"runlet: {exc}; listening {seconds:.1f} s for heartbeats", file=sys.stderr)
+        rows = asyncio.run(listen_for_nodes(config, seconds))
     print(queries.as_json(rows) if args.json else queries.render(queries.format_nodes, rows))
     return 0
 
@@ -298,6 +307,29 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     config = _config(args)
     return asyncio.run(cancel_job(config, _fleet_key(config), args.job_id, wait=not args.no_wait))
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (0-65535): {text[:20]!r}")
+    return int(text)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from runlet.roots.reader import Reader
+    from runlet.ui.serve import check_host, check_role, serve
+
+    config = _config(args)
+    check_role(config)
+    check_host(args.host)
+    key = _fleet_key(config)
+    with Reader(config) as reader:  # this process's Sync Reconciler, for the Logs view
+        return asyncio.run(
+            serve(
+                config, key, reader, host=args.host, port=args.port,
+                open_browser=not args.no_browser,
+            )
+        )
 
 
 # -- keys and config ----------------------------------------------------------------------

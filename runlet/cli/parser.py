@@ -30,9 +30,11 @@ from runlet.cli.commands import (
     cmd_run,
     cmd_send,
     cmd_start,
+    cmd_ui,
     cmd_user_add,
     cmd_user_list,
     cmd_user_remove,
+    port_number,
     positive,
     seconds,
 )
@@ -126,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.set_defaults(func=cmd_cancel)
 
     _add_key(sub)
+    _add_ui(sub)
 
     _add_queries(sub)
     _add_users(sub)
@@ -165,6 +168,20 @@ def _add_logs(sub: Any) -> None:
     logs.add_argument("--raw", action="store_true", help="write the bytes unchanged (for pipes)")
     logs.add_argument("--node", help="the node that ran the job, if the store index is missing")
     logs.set_defaults(func=cmd_logs)
+
+
+def _add_ui(sub: Any) -> None:
+    ui = sub.add_parser(
+        "ui",
+        help="the desktop manager: fleet, jobs and live terminals in a browser page",
+        description="Serve a page on this machine only (127.0.0.1) with the fleet, its jobs "
+        "and live terminals; output is decrypted here, by this process. The URL carries a "
+        "per-launch token.",
+    )
+    ui.add_argument("--port", type=port_number, default=0, help="port to listen on (0: any free)")
+    ui.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
+    ui.add_argument("--no-browser", action="store_true", help="print the URL, open no browser")
+    ui.set_defaults(func=cmd_ui)
 
 
 def _add_queries(sub: Any) -> None:

@@ -94,6 +94,11 @@ async def _detached(watch: Watch, submitted: Submitted, *, json_out: bool) -> in
     return 0
 
 
+async def discover(watch: Watch, job_id: str) -> list[str]:
+    """The ids of a fanned-out job's executions heard of within DISCOVERY_SECONDS."""
+    return await _discover(watch, job_id)
+
+
 async def _discover(watch: Watch, job_id: str) -> list[str]:
     end = time.monotonic() + DISCOVERY_SECONDS
     seen: list[str] = []
@@ -247,13 +252,25 @@ class LogReader(Protocol):
         """(the copy to read, the rule's decision, whether it is finished); JobNotFound if none."""
 
 
+def local_log_path(config: Config, job_id: str) -> Path:
+    """Where this device keeps a job's log: its own vault's copy, or one fetched before."""
+    vault_copy = config.data_dir / "vault" / f"{job_id}.rlog"
+    return vault_copy if vault_copy.exists() else config.data_dir / "logs" / f"{job_id}.rlog"
+
+
+async def stored_log(
+    config: Config, reader: LogReader, job_id: str, *, node: str | None = None
+) -> Path | None:
+    """A finished copy of the job's log here (fetched by the sync rule), or None: ask the nodes."""
+    return await _stored_log(config, reader, job_id, local_log_path(config, job_id), node=node)
+
+
 async def logs_job(
     config: Config, key: FleetKey, args: argparse.Namespace, reader: LogReader
 ) -> int:
     """`runlet logs`: a finished job's log through the reconciler, a running one from its node."""
     job_id = _job_id(args.job_id)
-    vault_copy = config.data_dir / "vault" / f"{job_id}.rlog"
-    local = vault_copy if vault_copy.exists() else config.data_dir / "logs" / f"{job_id}.rlog"
+    local = local_log_path(config, job_id)
     path = await _stored_log(config, reader, job_id, local, node=args.node)
     if path is not None:
         return _print_log(path, job_id, key, args)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from runlet.adapters.broker import Broker
+from runlet.adapters.broker import Broker, BrokerSecurity
 from runlet.adapters.broker_port import safe_url
 from runlet.config import SYSTEM_CONFIG, Config, parse_config, user_config_path
 from runlet.errors import ConfigError, StorageError, UsageError
@@ -114,7 +114,7 @@ def device_config_text(request: InitRequest, path: Path) -> str:
 async def broker_answers(config: Config) -> float:
     """Connect to the broker as `config` would and close again; the seconds it took."""
     started = time.monotonic()
-    broker = Broker(config.broker.urls, config.user, name=f"runlet-init-{config.node}")
+    broker = Broker(config.broker.urls, config.user, name=f"runlet-init-{config.node}", security=BrokerSecurity.of(config.broker))
     await broker.connect()
     await broker.close()
     return time.monotonic() - started

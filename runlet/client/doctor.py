@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from runlet.adapters.broker import Broker
+from runlet.adapters.broker import Broker, BrokerSecurity
 from runlet.adapters.broker_port import safe_url
 from runlet.adapters.http_date import read_clock
 from runlet.client import ping, queries
@@ -105,7 +105,7 @@ def _config_finding(place: ConfigPlace, config: Config) -> Finding:
 
 async def _broker(config: Config) -> Finding:
     started = time.monotonic()
-    broker = Broker(config.broker.urls, config.user, name=f"runlet-doctor-{config.node}")
+    broker = Broker(config.broker.urls, config.user, name=f"runlet-doctor-{config.node}", security=BrokerSecurity.of(config.broker))
     try:
         await broker.connect()
     except BrokerLoginRefused as exc:

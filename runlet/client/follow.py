@@ -6,6 +6,9 @@ to send it). A resize of the local terminal reaches the job. A late joiner first
 replay of everything the job printed (so a full-screen program's screen is rebuilt), then live
 output, with no gap and no duplicate: chunks are put back in order by sequence number, and a
 gap that does not close by itself is filled by asking the node for a replay.
+
+What is not about the terminal — putting chunks in order, which state counts, what a replay
+said — is `runlet.client.stream.JobStream`, the core the desktop manager's tabs use too.
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ import sys
 import time
 from dataclasses import dataclass
 
-from runlet.client.session import Client, Reassembler, Watch, exit_status
+from runlet.client.session import Client, Watch
+from runlet.client.stream import JobStream, State
 from runlet.client.terminal import DetachScanner, RawMode, terminal_size
 from runlet.errors import JobNotFound
 from runlet.files import write_all
-from runlet.protocol.messages import JobStateChanged, OutputChunk, ReplayFinished
+from runlet.protocol.messages import JobStateChanged
 from runlet.protocol.payloads import Control
-from runlet.protocol.states import TERMINAL
 
 DETACHED = -1
 GAP_REPLAY_SECONDS = 1.0
@@ -56,13 +59,11 @@ class Follower:
         self.job_id = job_id
         self.watch = watch
         self.opts = options
-        self.reasm = Reassembler(client.key, job_id)
-        self.final: JobStateChanged | None = None
+        self.stream = JobStream(client.key, job_id)
+        self.reasm = self.stream.reasm
+        self.stream.found = not options.replay
+        self.final: State | None = None
         self.final_at = 0.0
-        self.state = "submitted"
-        self.state_seq = -1
-        self.found = not options.replay
-        self.replayed_to: int | None = None
         self.running = asyncio.Event()
         self.outbox: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
         self.detached = False
@@ -122,53 +123,33 @@ class Follower:
             return 0.25
         return max(0.01, self.pressed_at + LONE_KEY_SECONDS - time.monotonic())
 
-    def _take(self, msg: object) -> None:
-        match msg:
-            case OutputChunk(job_id=job_id) if job_id == self.job_id:
-                self.found = True
-                for piece in self.reasm.feed(msg):
-                    write_all(self.opts.out_fd, piece)
-            case JobStateChanged(job_id=job_id) if job_id == self.job_id:
-                self.found = True
-                self._state(msg)
-            case ReplayFinished(job_id=job_id) if job_id == self.job_id:
-                self.found = True
-                self.replayed_to = msg.next_seq
-                if msg.state == "running":
-                    self.running.set()
-                if msg.state in TERMINAL and self.final is None:
-                    self._state(
-                        JobStateChanged(
-                            job_id,
-                            msg.node,
-                            msg.state,
-                            0,
-                            time.time(),
-                            "",
-                            msg.exit_code,
-                            msg.signal,
-                        )
-                    )
+    @property
+    def state(self) -> str:
+        return "submitted" if self.stream.state is None else self.stream.state.state
 
-    def _state(self, event: JobStateChanged) -> None:
-        if event.state == self.state:
+    @property
+    def found(self) -> bool:
+        return self.stream.found
+
+    def _take(self, msg: object) -> None:
+        pieces, state = self.stream.take(msg)
+        for _, piece in pieces:
+            write_all(self.opts.out_fd, piece)
+        if state is None:
             return
-        if event.seq < self.state_seq and not event.terminal:
-            return  # an older state arriving late (a retried publish): what we show stands
-        self.state, self.state_seq = event.state, max(self.state_seq, event.seq)
-        if event.state == "running":
+        if state.state == "running":
             self.running.set()
-            self.say(f"job {self.job_id} running on {event.node}")
-        elif event.state == "queued":
-            self.say(f"job {self.job_id} queued on {event.node}")
-        if event.terminal and self.final is None:
-            self.final = event
+        if isinstance(msg, JobStateChanged) and state.state in ("running", "queued"):
+            self.say(f"job {self.job_id} {state.state} on {state.node}")  # a replay says nothing
+        if state.ended and self.final is None:
+            self.final = state
             self.final_at = time.monotonic()
 
     async def _check(self, started: float) -> int | None:
         if not self.found and time.monotonic() - started > FIND_SECONDS:
             raise JobNotFound(f"no online node holds job {self.job_id}", job_id=self.job_id)
-        replayed = self.replayed_to is not None and self.reasm.next_seq >= self.replayed_to
+        replayed_to = self.stream.replayed_to
+        replayed = replayed_to is not None and self.reasm.next_seq >= replayed_to
         if self.opts.until_replayed and replayed and self.final is None:
             return 0
         if self.final is None:
@@ -187,7 +168,9 @@ class Follower:
         needs_output = self.running.is_set() or self.reasm.next_seq > 0  # a FINAL chunk will come
         if self.reasm.finished or not needs_output or waited > 2 * FINAL_WAIT_SECONDS:
             self._report(self.final)
-            return exit_status(self.final)
+            status = self.final.status()
+            assert status is not None  # an ended state has one
+            return status
         if waited > FINAL_WAIT_SECONDS / 3 and self.reasm.gap_since is None:
             self.reasm.gap_since = time.monotonic() - GAP_REPLAY_SECONDS - 1
         if self.reasm.gap_age() > GAP_REPLAY_SECONDS:
@@ -195,7 +178,7 @@ class Follower:
             await self.client.request_replay(self.job_id, self.watch, self.reasm.next_seq)
         return None
 
-    def _report(self, final: JobStateChanged) -> None:
+    def _report(self, final: State) -> None:
         match final.state:
             case "exited":
                 text = f"exited with status {final.exit_code}"

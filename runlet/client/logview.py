@@ -9,7 +9,7 @@ that follows a damaged stretch is clearly marked as resuming after a gap.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,9 +45,22 @@ def show_log(
 ) -> Verdict:
     """Write the log's output with `write`, problems with `note`; optionally in real time."""
     verdict = Verdict()
+    last_t: float | None = None
+    for _, t, data in verified_chunks(path, job_id, key, verdict, note):
+        if play_speed is not None and last_t is not None:
+            sleep(min(max(0.0, (t - last_t) / play_speed), max_pause))
+        last_t = t
+        write(data)
+    return verdict
+
+
+def verified_chunks(
+    path: Path, job_id: str, key: FleetKey, verdict: Verdict, note: Callable[[str], None]
+) -> Iterator[tuple[int, float, bytes]]:
+    """Each readable chunk as (seq, unix time, plaintext), in order; problems go to `verdict`
+    (and `note`, as they are found), a missing FINAL chunk last."""
     job_key = key.job_key(job_id)
     expected = 0
-    last_t: float | None = None
     try:
         for record in read_records(path, job_id=job_id):
             if record.seq != expected:  # read_records reports gaps; this is belt and braces
@@ -60,13 +73,10 @@ def show_log(
                 verdict.problems.append(problem)
                 note(f"{problem}; skipped — output below resumes after it")
                 continue
-            if play_speed is not None and last_t is not None:
-                sleep(min(max(0.0, (t - last_t) / play_speed), max_pause))
-            last_t = t
-            write(data)
             verdict.chunks += 1
             verdict.bytes += len(data)
             verdict.finished = record.final
+            yield record.seq, t, data
     except LogDamage as damage:
         where = f"byte {damage.offset}, after {damage.good_records} sound chunks"
         problem = f"log damaged at {where}: {damage.detail}"
@@ -75,9 +85,8 @@ def show_log(
     except StorageError as exc:
         verdict.problems.append(str(exc))
         note(str(exc))
-        return verdict
+        return
     if not verdict.finished and not any("damaged" in p for p in verdict.problems):
         problem = "the log ends without its FINAL chunk: incomplete (still running, or cut off)"
         verdict.problems.append(problem)
         note(problem)
-    return verdict

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runlet.adapters.broker import Broker, Incoming, QueueSpec
+from runlet.adapters.broker import Broker, BrokerSecurity, Incoming, QueueSpec
 from runlet.config import Config
 from runlet.errors import CryptoError, NoSuchTarget, PairingFailed, ProtocolError
 from runlet.protocol import addresses, wire
@@ -49,7 +49,7 @@ MAX_PENDING = 8  # attempts begun and not confirmed that a board keeps
 
 
 def _broker(config: Config, side: str) -> Broker:
-    return Broker(config.broker.urls, config.user, name=f"runlet-pair-{side}-{config.node}")
+    return Broker(config.broker.urls, config.user, name=f"runlet-pair-{side}-{config.node}", security=BrokerSecurity.of(config.broker))
 
 
 async def _inbox(broker: Broker, spec: QueueSpec) -> asyncio.Queue[object]:

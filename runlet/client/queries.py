@@ -3,6 +3,8 @@
 Output is aligned for people, or JSON (`--json`) for scripts. The server answers through the
 user's own exchange; no server running, or none that knows the user, means the question
 bounces at once (exit 69), and the message says which of the two and what to run.
+`ask` opens a connection for one question (the CLI); `Asker` keeps one open and matches each
+answer to its question by correlation id (`runlet ui`, which asks again and again).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import asyncio
 import json
 import math
 import re
+import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from runlet.adapters.broker import Broker, BrokerSecurity, Incoming, QueueSpec
+from runlet.adapters.broker_port import BrokerPort
 from runlet.config import Config
 from runlet.errors import NoSuchTarget, ProtocolError, RunletError, ServerUnavailable
 from runlet.protocol import addresses, wire
@@ -90,6 +94,10 @@ async def ask(config: Config, query: Query) -> list[dict[str, Any]]:
             ) from None
     finally:
         await broker.close()
+    return _rows(body)
+
+
+def _rows(body: bytes) -> list[dict[str, Any]]:
     answer = wire.decode_as(body, QueryAnswered)
     if not answer.ok:
         raise RunletError(answer.error or "the server refused the query")
@@ -109,6 +117,60 @@ def no_server(user: str, *, known: bool) -> str:
         f"no Runlet server knows user {user!r}: on the server, run `runlet user add {user}`"
         " (and start the server if none runs)"
     )
+
+
+class Asker:
+    """Questions for the server over an open broker connection, any number at once.
+
+    One exclusive queue takes every answer; each question carries its own correlation id, so
+    an answer that comes after its question gave up is dropped, never taken for another's.
+    """
+
+    def __init__(self, broker: BrokerPort, user: str, node: str) -> None:
+        self.broker = broker
+        self.viewer = f"{node[:40]}-a{secrets.token_hex(4)}"
+        self.reply = addresses.reply_key(self.viewer, "0" * 32)
+        self.queue = addresses.job_queue(user, "0" * 32, "answers", self.viewer)
+        self._waiting: dict[str, asyncio.Future[bytes]] = {}
+        self.late = 0  # answers that came after their question gave up
+
+    async def start(self) -> None:
+        spec = QueueSpec(self.queue, "exclusive", (self.reply,), dead_letter=False)
+        await self.broker.consume(spec, self._on_answer)
+
+    async def _on_answer(self, incoming: Incoming) -> None:
+        await incoming.ack()
+        waiting = self._waiting.pop(incoming.correlation_id or "", None)
+        if waiting is None or waiting.done():
+            self.late += 1
+            return
+        waiting.set_result(incoming.body)
+
+    async def ask(self, query: Query, timeout: float = ANSWER_SECONDS) -> list[dict[str, Any]]:
+        """The server's answer rows; ServerUnavailable when none runs or it does not answer."""
+        ident = secrets.token_hex(8)
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[ident] = answer
+        try:
+            try:
+                await self.broker.publish(
+                    addresses.SERVER_RPC,
+                    wire.encode(query),
+                    message_id=f"{self.viewer}:{ident}",
+                    durable=True,
+                    mandatory=True,
+                    reply_to=self.reply,
+                    correlation_id=ident,
+                )
+            except NoSuchTarget:
+                raise ServerUnavailable("no Runlet server is running for this user") from None
+            try:
+                body = await asyncio.wait_for(answer, timeout)
+            except TimeoutError:
+                raise ServerUnavailable(f"the server did not answer in {timeout:.0f} s") from None
+        finally:
+            self._waiting.pop(ident, None)
+        return _rows(body)
 
 
 def render(formatter: Callable[[Any], str], rows: Any) -> str:
@@ -175,10 +237,48 @@ def format_nodes(rows: list[dict[str, Any]]) -> str:
             str(r.get("queued", 0)),
             r.get("platform") or "-",
             ",".join(r.get("tags") or []),
+            *vitals(r),
         ]
         for r in rows
     ]
-    return table(body, ["NODE", "STATUS", "LAST SEEN", "RUNNING", "QUEUED", "PLATFORM", "TAGS"])
+    header = ["NODE", "STATUS", "LAST SEEN", "RUNNING", "QUEUED", "PLATFORM", "TAGS"]
+    return table(body, [*header, "CPU", "MEMORY", "LOAD", "UPTIME", "TEMP"])
+
+
+def vitals(row: dict[str, Any]) -> list[str]:
+    """A node's vitals for people: CPU %, memory used/total, load, uptime, temperature."""
+    cpu, load, temp = row.get("cpu_percent"), row.get("load1"), row.get("temperature")
+    used, total = row.get("mem_used"), row.get("mem_total")
+    memory = f"{size(used)}/{size(total)}" if used is not None and total else "-"
+    return [
+        "-" if cpu is None else f"{cpu:.0f}%",
+        memory,
+        "-" if load is None else f"{load:.2f}",
+        span(row.get("uptime")),
+        "-" if temp is None else f"{temp:.1f}C",
+    ]
+
+
+def size(value: float | None) -> str:
+    """Bytes as people read them: 512M, 3.8G."""
+    if value is None:
+        return "-"
+    for unit in ("", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{value:.0f}{unit}" if unit in ("", "K", "M") else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError  # pragma: no cover - the loop returns at "T"
+
+
+def span(seconds: float | None) -> str:
+    """An uptime as people read it: 3d4h, 5h12m, 7m."""
+    if seconds is None:
+        return "-"
+    days, rest = divmod(int(seconds), 86400)
+    hours, minutes = rest // 3600, rest % 3600 // 60
+    if days:
+        return f"{days}d{hours}h"
+    return f"{hours}h{minutes}m" if hours else f"{minutes}m"
 
 
 def as_json(rows: Any) -> str:

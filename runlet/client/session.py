@@ -61,6 +61,10 @@ class Watch:
     reply_key: str = ""
     inbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     rejected: int = 0
+    # with a limit, output chunks past it are dropped (the viewer fills the gap by a replay
+    # when it can take more); states and replies always go in
+    limit: int = 0
+    dropped: int = 0
 
 
 def target_of(spec: str, own_node: str) -> str:
@@ -112,30 +116,48 @@ class Client:
 
     # -- watching ----------------------------------------------------------------------------
 
-    async def watch(self, job_id: str, *, fans_out: bool = False) -> Watch:
-        """Bind a private queue to the job's state and output before anything can happen."""
+    async def watch(
+        self, job_id: str, *, fans_out: bool = False, viewer: str = "", limit: int = 0
+    ) -> Watch:
+        """Bind a private queue to the job's state and output before anything can happen.
+
+        `viewer` names the watch when one client holds several on the same job (each of
+        `runlet ui`'s terminal tabs); by default it is the client's own name. With `limit`,
+        at most that many messages wait: output past it is dropped, for a replay to bring
+        back (a slow browser tab must not fill this process's memory).
+        """
+        viewer = viewer or self.viewer
         if fans_out:
             keys = tuple(addresses.fanout_pattern(job_id, c) for c in ("state", "output"))
         else:
             keys = (addresses.state_key(job_id), addresses.output_key(job_id))
         name = addresses.job_queue(
-            self.config.user, addresses.parent_job_id(job_id), "view", self.viewer
+            self.config.user, addresses.parent_job_id(job_id), "view", viewer
         )
-        reply = addresses.reply_key(self.viewer, job_id)
+        reply = addresses.reply_key(viewer, job_id)
         keys = (*keys, reply)
-        watch = Watch(name, reply)
+        watch = Watch(name, reply, limit=limit)
 
         async def on_message(incoming: Incoming) -> None:
             await incoming.ack()
             try:
-                watch.inbox.put_nowait(wire.decode(incoming.body))
+                msg = wire.decode(incoming.body)
             except ProtocolError:
                 watch.rejected += 1
+                return
+            if watch.limit and isinstance(msg, OutputChunk) and watch.inbox.qsize() >= watch.limit:
+                watch.dropped += 1
+                return
+            watch.inbox.put_nowait(msg)
 
         # exclusive: it dies with the connection, so acks would keep nothing; none are sent
         spec = QueueSpec(name, "exclusive", keys, dead_letter=False, acks=False)
         await self.broker.consume(spec, on_message)
         return watch
+
+    async def unwatch(self, watch: Watch) -> None:
+        """Stop a watch and delete its queue (a closed terminal tab)."""
+        await self.broker.forget(watch.queue, delete=True)
 
     # -- submitting --------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runlet.config.checks import Conflict, Invalid, Shape, expand, label, type_name
+from runlet.config.checks import Conflict, Invalid, Shape, label, type_name
 from runlet.config.places import CONFIG_ENV, locate_config
 from runlet.config.schema import SECTIONS, TOP_KEYS, Config
 from runlet.config.setting import Key

@@ -8,6 +8,7 @@ command, environment, input, output, control — travels sealed under the job's 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -210,7 +211,11 @@ class ReplayFinished:
 @message("presence")
 @dataclass(frozen=True, slots=True)
 class NodeHeartbeat:
-    """A daemon says it is alive, with what it runs."""
+    """A daemon says it is alive, with what it runs and its vitals (None: not known there).
+
+    The vitals came later: an older daemon's heartbeat has none, and an older server ignores
+    them (the codec drops fields it does not know).
+    """
 
     node: str
     at: float
@@ -219,6 +224,12 @@ class NodeHeartbeat:
     tags: tuple[str, ...] = ()
     running: int = 0
     queued: int = 0
+    cpu_percent: float | None = None
+    mem_used: int | None = None  # bytes
+    mem_total: int | None = None
+    load1: float | None = None
+    uptime: float | None = None  # seconds
+    temperature: float | None = None  # degrees Celsius
 
     def __post_init__(self) -> None:
         _name("node", self.node)
@@ -226,6 +237,20 @@ class NodeHeartbeat:
             _name("tag", tag)
         if self.running < 0 or self.queued < 0:
             raise ValueError("running and queued counts cannot be negative")
+        _vital("cpu_percent", self.cpu_percent, 0, 100)
+        _vital("mem_used", self.mem_used, 0, 2**62)
+        _vital("mem_total", self.mem_total, 0, 2**62)
+        _vital("load1", self.load1, 0, 1e6)
+        _vital("uptime", self.uptime, 0, 1e10)
+        _vital("temperature", self.temperature, -100, 300)
+        used, total = self.mem_used, self.mem_total
+        if used is not None and total is not None and used > total:
+            raise ValueError("memory used cannot exceed memory total")
+
+
+def _vital(name: str, value: float | None, low: float, high: float) -> None:
+    if value is not None and not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"{name} {value!r} out of range {low}..{high}")
 
 
 QUERY_KINDS = ("jobs", "job", "nodes")

@@ -126,7 +126,22 @@ class MemoryLedgerDb(Closing):
         platform = port.storable(beat.platform, port.MAX_TEXT) or ""
         version = port.storable(beat.version, port.MAX_TEXT) or ""
         counts = (max(beat.running, 0), max(beat.queued, 0))
-        row = NodeRow(beat.node, platform, version, tuple(beat.tags), seen, *counts, online=True)
+        cpu, used, total, load, uptime, temperature = port.vitals_of(beat)
+        row = NodeRow(
+            beat.node,
+            platform,
+            version,
+            tuple(beat.tags),
+            seen,
+            *counts,
+            online=True,
+            cpu_percent=cpu,
+            mem_used=used,
+            mem_total=total,
+            load1=load,
+            uptime=uptime,
+            temperature=temperature,
+        )
         with self._lock:
             self._reach("record_presence")
             self._nodes[user, beat.node] = row

@@ -180,6 +180,10 @@ def test_ledger_records_a_jobs_whole_life_and_answers_queries(
     nodes = answer_eventually(fleet, Query("nodes"), lambda rows: len(rows) == 2)
     assert {n["name"]: n["online"] for n in nodes} == {"edge-1": True, "edge-2": True}
     assert next(n for n in nodes if n["name"] == "edge-2")["tags"] == ["arm"]
+    for node in nodes:  # this Linux machine's vitals, as each daemon's heartbeat gave them
+        assert 0 < node["mem_used"] <= node["mem_total"]
+        assert node["uptime"] > 0
+        assert node["load1"] >= 0
 
 
 def test_a_server_that_does_not_know_the_user_says_user_add(

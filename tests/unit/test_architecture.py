@@ -7,6 +7,7 @@ Import rules are folder rules. From the bottom up:
     runlet/runtime/    loop, actor base, router, supervisor        + protocol
     runlet/adapters/   broker, ledger db, blob store, PTYs, files  + protocol
     runlet/client/     session, follow, commands, queries, logs    + protocol, adapters
+    runlet/ui/         the desktop manager's web server            + protocol, client
     actors/            one module per actor                        + protocol, runtime, adapters
     runlet/testing/    public fakes of the adapters                + protocol, adapters
     runlet/roots/      daemon, server, admin, reader               anything; only they import actors
@@ -14,7 +15,9 @@ Import rules are folder rules. From the bottom up:
 
 Besides: actors never import one another; only adapters import aio-pika/aiormq, asyncpg,
 aioboto3/botocore and ptyprocess/pywinpty; only the protocol imports msgpack, PyNaCl and spake2;
-every module starts with a docstring.
+only runlet/ui imports aiohttp (and the blob store, which translates its client errors); only
+runlet.cli imports runlet/ui (a daemon never loads the web server); every module starts with
+a docstring.
 """
 
 from __future__ import annotations
@@ -155,6 +158,7 @@ LAYERS = (
     "runlet.runtime",
     "runlet.adapters",
     "runlet.client",
+    "runlet.ui",
     "runlet.roots",
     "runlet.testing",
     "runlet.cli",
@@ -166,9 +170,16 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "runlet.adapters": ("runlet.protocol",),
     "runlet.client": ("runlet.protocol", "runlet.adapters"),
     "runlet.testing": ("runlet.protocol", "runlet.adapters"),
+    "runlet.ui": ("runlet.protocol", "runlet.client"),
     "actors": ("runlet.protocol", "runlet.runtime", "runlet.adapters"),
     "runlet.roots": ("runlet.protocol", "runlet.runtime", "runlet.adapters", "actors"),
-    "runlet.cli": ("runlet.protocol", "runlet.adapters", "runlet.client", "runlet.roots"),
+    "runlet.cli": (
+        "runlet.protocol",
+        "runlet.adapters",
+        "runlet.client",
+        "runlet.ui",
+        "runlet.roots",
+    ),
     "runlet.__main__": ("runlet.cli",),
 }
 # outside library -> the only folders (or modules) that may import it
@@ -185,6 +196,7 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "spake2": ("runlet.protocol",),
     "argcomplete": ("runlet.cli",),
     "segno": ("runlet.cli",),
+    "aiohttp": ("runlet.ui", "runlet.adapters.blobstore"),  # the store: its client errors
 }
 
 
@@ -256,6 +268,13 @@ def test_each_folder_imports_only_the_layers_below_it(path: Path) -> None:
         ("runlet.cli.commands", "runlet.roots.reader", True),
         ("runlet.testing.blob_store", "runlet.adapters.blob_port", True),
         ("runlet.testing.blob_store", "runlet.runtime.actor", False),
+        ("runlet.ui.bridge", "runlet.client.stream", True),
+        ("runlet.ui.app", "runlet.adapters.broker", False),
+        ("runlet.ui.app", "runlet.runtime.loop", False),
+        ("runlet.ui.app", "actors.pty_session", False),
+        ("runlet.client.session", "runlet.ui.app", False),
+        ("runlet.roots.daemon", "runlet.ui.app", False),
+        ("runlet.cli.commands", "runlet.ui.serve", True),
     ],
 )
 def test_the_layer_rule_itself(importer: str, imported: str, ok: bool) -> None:
@@ -296,6 +315,15 @@ def test_outside_libraries_are_imported_only_where_they_belong(path: Path) -> No
     for library, places in LIBRARIES.items():
         if not within(own, places):
             assert touches(names, library) == set(), f"{own} imports {library}"
+
+
+@pytest.mark.parametrize("path", ALL_MODULES, ids=module_name)
+def test_only_the_command_line_loads_the_web_server(path: Path) -> None:
+    """runlet/ui is imported by runlet.cli (the `ui` command) and itself, nothing else."""
+    own = module_name(path)
+    if within(own, ("runlet.ui", "runlet.cli")):
+        return
+    assert touches(imports_of(path), "runlet.ui") == set(), f"{own} imports runlet.ui"
 
 
 def test_broker_gateway_goes_through_the_broker_adapter() -> None:

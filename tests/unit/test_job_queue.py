@@ -15,6 +15,7 @@ import pytest
 from actors.governor import Governor
 from actors.job_queue import JOURNAL_RETENTION, JOURNAL_SWEEP_SECONDS, JobQueue
 from runlet.adapters.journal import Journal
+from runlet.adapters.vitals import Vitals
 from runlet.protocol import addresses, wire
 from runlet.protocol.crypto import FleetKey
 from runlet.protocol.messages import (
@@ -720,3 +721,24 @@ def test_jobs_finished_long_ago_are_forgotten_on_a_heartbeat(tmp_path: Path) -> 
             assert journal.get(old.job_id) is None
             assert journal.get(live.job_id) is not None
             assert journal.get(recent.job_id) is not None
+
+
+class _Probe:
+    """Vitals as a board would read them."""
+
+    def sample(self) -> Vitals:
+        return Vitals(12.5, 1 << 30, 4 << 30, 0.25, 3600.0, 47.5)
+
+
+def test_the_heartbeat_carries_the_nodes_vitals(tmp_path: Path) -> None:
+    """CPU %, memory, load, uptime and temperature from the vitals probe go in every heartbeat."""
+    with running_context(tmp_path, clock=FakeClock(NOW)) as ctx:
+        ctx.services["vitals"] = _Probe()
+        node = Node(ctx)
+        node.start_queue()
+        wait_for(lambda: any(_is_heartbeat(m) for m in node.gateway.all()), what="a heartbeat sent")
+        sent = next(m for m in node.gateway.all() if _is_heartbeat(m))
+        assert isinstance(sent, Publish)
+        beat = wire.decode_as(sent.body, NodeHeartbeat)
+        assert (beat.cpu_percent, beat.mem_used, beat.mem_total) == (12.5, 1 << 30, 4 << 30)
+        assert (beat.load1, beat.uptime, beat.temperature) == (0.25, 3600.0, 47.5)

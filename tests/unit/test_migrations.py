@@ -21,6 +21,7 @@ from runlet.errors import MigrationError
 ROOT = Path(__file__).resolve().parents[2]
 PINNED = {
     "0001": "a0383055e920cfb1638d3a084a3a749b01a9cef1e484df1bc3b6254f1ef06757",
+    "0002": "65823e6e39a3b6713047efef6b21eab6bdcf880f11d0860c8c7cdd4a49fe5511",
 }
 
 

@@ -292,9 +292,38 @@ def test_format_nodes() -> None:
     assert lines[1].split() == [
         *["edge-1", "online", "1970-01-01", "00:00:00"],
         *["2", "5", "linux", "gpu,eu"],
+        *["-", "-", "-", "-", "-"],
     ]
-    assert lines[2].split() == ["edge-2", "offline", "-", "0", "0", "-"]
-    assert lines[3].split() == ["ノード", "offline", "-", "0", "0", "-"]
+    assert lines[2].split() == ["edge-2", "offline", "-", "0", "0", "-", *["-"] * 5]
+    assert lines[3].split() == ["ノード", "offline", "-", "0", "0", "-", *["-"] * 5]
+
+
+def test_format_nodes_with_vitals() -> None:
+    """CPU %, memory used/total, load, uptime and temperature, as a heartbeat gave them."""
+    text = queries.format_nodes(
+        [
+            {
+                "name": "pi-1",
+                "online": True,
+                "tags": ["pi"],
+                "platform": "Linux-aarch64",
+                "cpu_percent": 37.4,
+                "mem_used": 1536 << 20,
+                "mem_total": 4 << 30,
+                "load1": 0.5,
+                "uptime": 3 * 86400 + 4 * 3600 + 59,
+                "temperature": 51.55,
+            },
+            {"name": "pc", "uptime": 5 * 3600 + 12 * 60, "mem_used": 512 << 20, "mem_total": 0},
+            {"name": "vm", "uptime": 7 * 60 + 3, "mem_used": 10, "mem_total": 900},
+        ]
+    )
+    lines = text.splitlines()
+    assert lines[0].split()[-5:] == ["CPU", "MEMORY", "LOAD", "UPTIME", "TEMP"]
+    assert lines[1].split()[-5:] == ["37%", "1.5G/4.0G", "0.50", "3d4h", "51.5C"]
+    assert lines[2].split()[-2:] == ["5h12m", "-"]
+    assert "10/900" in lines[3]
+    assert lines[3].split()[-2:] == ["7m", "-"]
 
 
 def test_format_nodes_empty() -> None:
@@ -308,6 +337,11 @@ def test_format_nodes_empty() -> None:
         "QUEUED",
         "PLATFORM",
         "TAGS",
+        "CPU",
+        "MEMORY",
+        "LOAD",
+        "UPTIME",
+        "TEMP",
     ]
 
 
@@ -334,6 +368,14 @@ FORMATTERS: list[tuple[str, Callable[[Any], str], Any]] = [
     ("job-history-not-rows", queries.format_job, {"job": row(), "history": [1, 2]}),
     ("nodes-missing-name", queries.format_nodes, [{"online": True}]),
     ("nodes-tags-not-list", queries.format_nodes, [{"name": "n", "tags": 5}]),
+    ("nodes-cpu-is-text", queries.format_nodes, [{"name": "n", "cpu_percent": "hot"}]),
+    (
+        "nodes-memory-is-text",
+        queries.format_nodes,
+        [{"name": "n", "mem_used": "x", "mem_total": 1}],
+    ),
+    ("nodes-uptime-is-a-list", queries.format_nodes, [{"name": "n", "uptime": [1]}]),
+    ("nodes-uptime-is-nan", queries.format_nodes, [{"name": "n", "uptime": math.nan}]),
 ]
 
 

@@ -46,3 +46,19 @@ def test_states_in_order_are_each_shown_once(capsys: pytest.CaptureFixture[str])
         f"[runlet] job {JOB} queued on edge-1",
         f"[runlet] job {JOB} running on edge-1",
     ]
+
+
+def test_a_replay_ends_without_a_line_and_its_end_state_counts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A replay saying `running` prints nothing (the screen is the job's); one saying `exited 4`
+    ends the follow with that status, as the page's tab does (they share JobStream)."""
+    from runlet.protocol.messages import ReplayFinished
+
+    f = follower()
+    f._take(ReplayFinished(JOB, "edge-1", 3, "running"))
+    assert (f.state, f.stream.replayed_to, f.running.is_set()) == ("running", 3, True)
+    f._take(ReplayFinished(JOB, "edge-1", 5, "exited", exit_code=4))
+    assert f.final is not None
+    assert f.final.status() == 4
+    assert capsys.readouterr().err == ""
