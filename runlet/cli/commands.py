@@ -326,7 +326,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     with Reader(config) as reader:  # this process's Sync Reconciler, for the Logs view
         return asyncio.run(
             serve(
-                config, key, reader, host=args.host, port=args.port,
+                config,
+                key,
+                reader,
+                host=args.host,
+                port=args.port,
                 open_browser=not args.no_browser,
             )
         )

@@ -114,7 +114,12 @@ def device_config_text(request: InitRequest, path: Path) -> str:
 async def broker_answers(config: Config) -> float:
     """Connect to the broker as `config` would and close again; the seconds it took."""
     started = time.monotonic()
-    broker = Broker(config.broker.urls, config.user, name=f"runlet-init-{config.node}", security=BrokerSecurity.of(config.broker))
+    broker = Broker(
+        config.broker.urls,
+        config.user,
+        name=f"runlet-init-{config.node}",
+        security=BrokerSecurity.of(config.broker),
+    )
     await broker.connect()
     await broker.close()
     return time.monotonic() - started

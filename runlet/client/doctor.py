@@ -105,7 +105,12 @@ def _config_finding(place: ConfigPlace, config: Config) -> Finding:
 
 async def _broker(config: Config) -> Finding:
     started = time.monotonic()
-    broker = Broker(config.broker.urls, config.user, name=f"runlet-doctor-{config.node}", security=BrokerSecurity.of(config.broker))
+    broker = Broker(
+        config.broker.urls,
+        config.user,
+        name=f"runlet-doctor-{config.node}",
+        security=BrokerSecurity.of(config.broker),
+    )
     try:
         await broker.connect()
     except BrokerLoginRefused as exc:

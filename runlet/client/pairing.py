@@ -49,7 +49,12 @@ MAX_PENDING = 8  # attempts begun and not confirmed that a board keeps
 
 
 def _broker(config: Config, side: str) -> Broker:
-    return Broker(config.broker.urls, config.user, name=f"runlet-pair-{side}-{config.node}", security=BrokerSecurity.of(config.broker))
+    return Broker(
+        config.broker.urls,
+        config.user,
+        name=f"runlet-pair-{side}-{config.node}",
+        security=BrokerSecurity.of(config.broker),
+    )
 
 
 async def _inbox(broker: Broker, spec: QueueSpec) -> asyncio.Queue[object]:

@@ -175,7 +175,12 @@ def listening_seconds(config: Config) -> float:
 
 async def listen_for_nodes(config: Config, seconds: float) -> list[dict[str, Any]]:
     """The nodes heard within `seconds` (`runlet nodes` with no server), as the ledger's rows."""
-    broker = Broker(config.broker.urls, config.user, name=f"runlet-listen-{config.node}", security=BrokerSecurity.of(config.broker))
+    broker = Broker(
+        config.broker.urls,
+        config.user,
+        name=f"runlet-listen-{config.node}",
+        security=BrokerSecurity.of(config.broker),
+    )
     await broker.connect()
     try:
         sightings = Sightings(broker, config.user, config.node, online_seconds=seconds)
