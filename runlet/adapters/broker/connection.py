@@ -27,7 +27,6 @@ import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
@@ -42,6 +41,16 @@ from aio_pika.abc import (
 
 from runlet import metrics
 from runlet.adapters.broker.delivery import BROKER_ERRORS, AmqpIncoming, connect_failure
+from runlet.adapters.broker.properties import (
+    Consumer,
+    Topology,
+    dead_lettered,
+    declare_user_exchanges,
+    persistent,
+    queue_arguments,
+    reply_text,
+    transient,
+)
 from runlet.adapters.broker.security import BrokerSecurity
 from runlet.adapters.broker_port import (
     Handler,
@@ -53,22 +62,6 @@ from runlet.errors import AccessRefused, BrokerUnavailable, ClosedError, NoSuchT
 from runlet.protocol import addresses
 
 log = structlog.get_logger(__name__)
-
-CONTENT_TYPE = "application/msgpack"
-
-
-@dataclass(slots=True)
-class _Consumer:
-    spec: QueueSpec
-    handler: Handler
-    tag: str = ""
-    channel: aiormq.abc.AbstractChannel | None = None  # aiormq's, which delivers to it
-
-
-@dataclass(slots=True)
-class _Topology:
-    queues: dict[str, QueueSpec] = field(default_factory=dict)
-    consumers: dict[str, _Consumer] = field(default_factory=dict)
 
 
 class Broker:
@@ -100,7 +93,7 @@ class Broker:
         self.stats = Statistics()
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
         self._url_cycle = itertools.cycle(range(len(self.urls)))
-        self._topology = _Topology()
+        self._topology = Topology()
         self._ready = asyncio.Event()
         self._closed = False
         self._connection: AbstractConnection | None = None
@@ -211,7 +204,7 @@ class Broker:
         log.info("broker_connected", url=safe_url(url), generation=self.generation)
 
     async def _restore(self) -> None:
-        await self._declare_user_exchanges()
+        await declare_user_exchanges(self._channel(durable=True), self.user)
         for spec in list(self._topology.queues.values()):
             await self._declare(spec)
         for consumer in list(self._topology.consumers.values()):
@@ -248,21 +241,6 @@ class Broker:
 
     # -- topology ----------------------------------------------------------------------------
 
-    async def _declare_user_exchanges(self) -> None:
-        channel = self._channel(durable=True)
-        await channel.declare_exchange(
-            addresses.exchange(self.user), aio_pika.ExchangeType.TOPIC, durable=True
-        )
-        dlx = await channel.declare_exchange(
-            addresses.dead_letter_exchange(self.user), aio_pika.ExchangeType.FANOUT, durable=True
-        )
-        dead = await channel.declare_queue(
-            addresses.dead_letter_queue(self.user),
-            durable=True,
-            arguments={"x-queue-type": "quorum"},
-        )
-        await dead.bind(dlx, routing_key="")
-
     async def declare(self, spec: QueueSpec) -> None:
         """Declare and bind a queue now and after every reconnect."""
         self._topology.queues[spec.name] = spec
@@ -293,17 +271,12 @@ class Broker:
 
     async def _declare(self, spec: QueueSpec) -> AbstractQueue:
         channel = self._channel(durable=spec.kind == "quorum")
-        arguments: dict[str, Any] = dict(spec.arguments)
-        if spec.dead_letter:
-            arguments["x-dead-letter-exchange"] = addresses.dead_letter_exchange(self.user)
-        if spec.kind == "quorum":
-            arguments["x-queue-type"] = "quorum"
         queue = await channel.declare_queue(
             spec.name,
             durable=spec.kind == "quorum",
             exclusive=spec.kind == "exclusive",
             auto_delete=spec.kind == "exclusive",
-            arguments=arguments,
+            arguments=queue_arguments(spec, self.user),
         )
         exchange_name = spec.exchange or addresses.exchange(self.user)
         for key in spec.bindings:
@@ -336,11 +309,11 @@ class Broker:
     async def consume(self, spec: QueueSpec, handler: Handler) -> None:
         """Declare `spec` and deliver its messages to `handler`, across reconnects."""
         self._topology.queues[spec.name] = spec
-        consumer = _Consumer(spec, handler)
+        consumer = Consumer(spec, handler)
         self._topology.consumers[spec.name] = consumer
         await self._with_broker(self._start_consumer(consumer))
 
-    async def _start_consumer(self, consumer: _Consumer) -> None:
+    async def _start_consumer(self, consumer: Consumer) -> None:
         queue = await self._declare(consumer.spec)
         generation = self.generation
         handler = consumer.handler
@@ -376,23 +349,10 @@ class Broker:
         """
         name = addresses.exchange(self.user) if exchange is None else exchange
         if not durable:
-            properties = aiormq.spec.Basic.Properties(
-                message_id=message_id,
-                content_type=CONTENT_TYPE,
-                delivery_mode=1,  # not persistent
-                reply_to=reply_to,
-                correlation_id=correlation_id,
-            )
+            properties = transient(message_id, reply_to, correlation_id)
             await self._publish_fast(name, routing_key, body, properties, mandatory)
             return
-        message = aio_pika.Message(
-            body,
-            message_id=message_id,
-            content_type=CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            reply_to=reply_to,
-            correlation_id=correlation_id,
-        )
+        message = persistent(body, message_id, reply_to, correlation_id)
         end = deadline if deadline is not None else time.monotonic() + self.publish_timeout
         await self._publish_confirmed(name, routing_key, message, mandatory, end)
 
@@ -422,7 +382,7 @@ class Broker:
                     mandatory=mandatory,
                 )
         except aiormq.exceptions.ChannelAccessRefused as exc:
-            raise AccessRefused(routing_key, _reply_text(exc)) from exc
+            raise AccessRefused(routing_key, reply_text(exc)) from exc
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"publish to {routing_key} failed: {exc}") from exc
 
@@ -431,18 +391,12 @@ class Broker:
 
         Best effort, like the broker's own dead-lettering of a transient message.
         """
-        properties = aiormq.spec.Basic.Properties(
-            message_id=incoming.message_id,
-            content_type=incoming.content_type,
-            delivery_mode=1,
-            headers={"x-first-death-queue-key": incoming.routing_key},
-        )
         with contextlib.suppress(BrokerUnavailable):
             await self._publish_fast(
                 addresses.dead_letter_exchange(self.user),
                 incoming.routing_key,
                 incoming.body,
-                properties,
+                dead_lettered(incoming),
                 mandatory=False,
             )
 
@@ -464,7 +418,7 @@ class Broker:
                 self.stats.returned += 1
                 raise NoSuchTarget(routing_key) from exc
             except aiormq.exceptions.ChannelAccessRefused as exc:
-                raise AccessRefused(routing_key, _reply_text(exc)) from exc
+                raise AccessRefused(routing_key, reply_text(exc)) from exc
             except BROKER_ERRORS as exc:
                 self.stats.publish_retries += 1
                 metrics.PUBLISH_RETRIES.inc()
@@ -492,9 +446,3 @@ class Broker:
             return await coro
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
-
-
-def _reply_text(exc: BaseException) -> str:
-    """The broker's words in a channel error (ACCESS_REFUSED - ...), not the library's."""
-    text = str(exc.args[0]) if exc.args else str(exc)
-    return text.split(". For details")[0]
