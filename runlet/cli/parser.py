@@ -9,21 +9,11 @@ from runlet import __version__
 from runlet.cli.commands import (
     cmd_attach,
     cmd_cancel,
-    cmd_check_config,
-    cmd_config_keys,
     cmd_device_add,
     cmd_device_list,
     cmd_device_revoke,
     cmd_job,
     cmd_jobs,
-    cmd_key_device,
-    cmd_key_export,
-    cmd_key_grant,
-    cmd_key_import,
-    cmd_key_init,
-    cmd_key_rotate,
-    cmd_key_seal,
-    cmd_key_show,
     cmd_logs,
     cmd_nodes,
     cmd_ping,
@@ -37,6 +27,18 @@ from runlet.cli.commands import (
     port_number,
     positive,
     seconds,
+)
+from runlet.cli.key_commands import (
+    cmd_check_config,
+    cmd_config_keys,
+    cmd_key_device,
+    cmd_key_export,
+    cmd_key_grant,
+    cmd_key_import,
+    cmd_key_init,
+    cmd_key_rotate,
+    cmd_key_seal,
+    cmd_key_show,
 )
 from runlet.cli.setup_commands import add_setup_commands
 
