@@ -12,20 +12,18 @@ durable (acks, states: all for the Gateway, in order) waits for one fsync shared
 
 from __future__ import annotations
 
-import platform
 from functools import partial
 from typing import Any
 
-from runlet import __version__, metrics
+from runlet import metrics
 from runlet.adapters.group_commit import GroupCommit
 from runlet.adapters.journal import Journal
-from runlet.adapters.vitals import VitalsProbe
+from runlet.adapters.vitals import VitalsProbe, heartbeat
 from runlet.errors import CryptoError, ProtocolError, StorageError
 from runlet.protocol import addresses, wire
 from runlet.protocol.messages import (
     ControlSent,
     JobStateChanged,
-    NodeHeartbeat,
     ReplayRequested,
     SendHeartbeat,
     StartJob,
@@ -342,21 +340,8 @@ class JobQueue(Actor):
 
     def _send_heartbeat(self) -> None:
         counts = self._journal.statistics()
-        vitals = self.vitals.sample()
-        beat = NodeHeartbeat(
-            self.node,
-            self.ctx.clock(),
-            __version__,
-            f"{platform.system()}-{platform.machine()}",
-            tuple(self.ctx.settings.tags),
-            counts.get("running", 0),
-            counts.get("queued", 0),
-            vitals.cpu_percent,
-            vitals.mem_used,
-            vitals.mem_total,
-            vitals.load1,
-            vitals.uptime,
-            vitals.temperature,
+        beat = heartbeat(
+            self.node, self.ctx.clock(), self.ctx.settings.tags, counts, self.vitals.sample()
         )
         self._to_gateway(
             Publish(

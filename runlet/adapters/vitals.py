@@ -12,8 +12,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import platform
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from runlet import __version__
+from runlet.protocol.messages import NodeHeartbeat
 
 MAX_READ = 64 * 1024  # /proc/stat on a large machine is a few KiB
 
@@ -125,3 +130,24 @@ class VitalsProbe:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
+
+
+def heartbeat(
+    node: str, at: float, tags: Iterable[str], counts: Mapping[str, int], vitals: Vitals
+) -> NodeHeartbeat:
+    """This node's heartbeat: its version and platform, its running and queued jobs, `vitals`."""
+    return NodeHeartbeat(
+        node,
+        at,
+        __version__,
+        f"{platform.system()}-{platform.machine()}",
+        tuple(tags),
+        counts.get("running", 0),
+        counts.get("queued", 0),
+        vitals.cpu_percent,
+        vitals.mem_used,
+        vitals.mem_total,
+        vitals.load1,
+        vitals.uptime,
+        vitals.temperature,
+    )
